@@ -1,0 +1,39 @@
+# Every target bootstraps what it needs from python3: a .venv holding uv, then the pinned tools.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+PYTEST_WORKERS ?= 2
+
+.PHONY: help demo test test-fast lint format bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || python3 -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.9
+	@$(BIN)/uv pip install --quiet --python $(BIN)/python --group dev
+	@rm -f $(VENV)/.installed-* && touch $@
+
+demo: $(STAMP) ## Render the defaults and run them end to end on a local Prefect server
+	@$(BIN)/python -m tests.e2e.demo $(DEMO_ARGS)
+
+test: $(STAMP) ## Run the whole suite, slow end-to-end tests included
+	@$(BIN)/pytest -n $(PYTEST_WORKERS) -m "" $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## Run the fast tests only
+	@$(BIN)/pytest -n $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff and pre-commit on this repository
+	@$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: $(STAMP) ## Format this repository's Python
+	@$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+bench: $(STAMP) ## Run the benchmarks in bench/ and print their ratios
+	@$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+clean: ## Remove the tool environment and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache

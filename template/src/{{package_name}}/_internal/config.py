@@ -1,0 +1,58 @@
+"""Locate and read the repository's config/ files.
+
+Flow runs start in the repository root (the deployment's pull step or the image's WORKDIR), so
+config/ is found relative to the working directory unless PIPELINE_CONFIG_DIR says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR_VAR = "PIPELINE_CONFIG_DIR"
+ENVIRONMENT_VAR = "PIPELINE_ENV"
+
+
+class ConfigError(RuntimeError):
+    """A config file is missing or malformed."""
+
+
+def config_dir() -> Path:
+    return Path(os.environ.get(CONFIG_DIR_VAR) or Path.cwd() / "config")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path} does not exist. Run from the repository root or set {CONFIG_DIR_VAR}."
+        ) from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level.")
+    return data
+
+
+def environment_names(directory: Path | None = None) -> list[str]:
+    """The environments that have a config/<env>.yaml file."""
+    directory = directory or config_dir()
+    reserved = {"secrets", "orchestration"}
+    return sorted(p.stem for p in directory.glob("*.yaml") if p.stem not in reserved)
+
+
+def read_environment(environment: str, directory: Path | None = None) -> dict[str, Any]:
+    directory = directory or config_dir()
+    known = environment_names(directory)
+    if environment not in known:
+        raise ConfigError(
+            f"unknown environment '{environment}' (set {ENVIRONMENT_VAR}); "
+            f"config/ defines: {', '.join(known) or 'none'}."
+        )
+    return {"environment": environment, **read_yaml(directory / f"{environment}.yaml")}

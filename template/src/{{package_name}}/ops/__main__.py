@@ -1,0 +1,41 @@
+"""`python -m <package>.ops reconcile --env dev [--dry-run] [--skip-deploy]` | `validate`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .._internal.config import ConfigError
+from .reconcile import reconcile
+from .state import read_state
+from .validate import validate
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ops", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("reconcile", help="apply one environment's declared state")
+    run.add_argument("--env", required=True, help="the environment, as in config/<env>.yaml")
+    run.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    run.add_argument(
+        "--skip-deploy", action="store_true", help="pools and limits only, no prefect deploy"
+    )
+    run.add_argument("--root", type=Path, default=Path.cwd(), help="the repository root")
+    check = commands.add_parser("validate", help="check prefect.yaml and config/, offline")
+    check.add_argument("--root", type=Path, default=Path.cwd(), help="the repository root")
+    args = parser.parse_args(argv)
+    if args.command == "validate":
+        problems = validate(args.root)
+        for problem in problems:
+            print(problem)
+        return 1 if problems else 0
+    try:
+        state = read_state(args.env, args.root)
+    except ConfigError as error:
+        parser.exit(2, f"ops: {error}\n")
+    reconcile(state, args.root, dry_run=args.dry_run, skip_deploy=args.skip_deploy)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""Check prefect.yaml and config/ before anything reaches a server.
+
+Prefect's own model parses prefect.yaml but ignores unknown keys (a typo such as `entrypiont`
+passes), so key names are checked here against the model's fields, and job_variables against
+the variables of the worker's base job template.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect.cli.deploy._models import DeploymentConfig, PrefectYamlModel, WorkPoolConfig
+from prefect.client.schemas.schedules import CronSchedule
+from pydantic import BaseModel, ValidationError
+
+from .._internal.config import environment_names, read_yaml
+from .state import default_base_job_template
+
+EXTRA_TOP_LEVEL_KEYS = {"definitions"}
+
+
+def allowed_keys(model: type[BaseModel]) -> set[str]:
+    return {field.alias or name for name, field in model.model_fields.items()}
+
+
+def unknown_keys(data: dict[str, Any], model: type[BaseModel], where: str) -> list[str]:
+    extra = set(data) - allowed_keys(model)
+    return [f"{where}: unknown key '{key}'" for key in sorted(extra)]
+
+
+def check_deployment(spec: dict[str, Any], variables: set[str], root: Path) -> list[str]:
+    where = f"deployment '{spec.get('name', '?')}'"
+    problems = unknown_keys(spec, DeploymentConfig, where)
+    entrypoint = spec.get("entrypoint", "")
+    if not (root / entrypoint.partition(":")[0]).is_file():
+        problems.append(f"{where}: entrypoint '{entrypoint}' names no file")
+    pool = spec.get("work_pool") or {}
+    problems += unknown_keys(pool, WorkPoolConfig, f"{where} work_pool")
+    for key in sorted(set(pool.get("job_variables") or {}) - variables):
+        problems.append(f"{where}: job variable '{key}' is not in the work pool's template")
+    for schedule in spec.get("schedules") or []:
+        try:
+            CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"))
+        except (KeyError, ValidationError) as error:
+            problems.append(f"{where}: schedule {schedule} is invalid: {error}")
+    return problems
+
+
+def validate(root: Path) -> list[str]:
+    """Every problem found, as one line each; empty when all is well."""
+    project = read_yaml(root / "prefect.yaml")
+    problems = unknown_keys(
+        {k: v for k, v in project.items() if k not in EXTRA_TOP_LEVEL_KEYS},
+        PrefectYamlModel,
+        "prefect.yaml",
+    )
+    try:
+        PrefectYamlModel.model_validate(project)
+    except ValidationError as error:
+        problems.append(f"prefect.yaml does not match Prefect's model: {error}")
+    pool_type = read_yaml(root / "config" / "orchestration.yaml").get("work_pool_type", "process")
+    template = default_base_job_template(pool_type)
+    variables = set(template["variables"]["properties"])
+    deployed_envs = set()
+    for spec in project.get("deployments") or []:
+        problems += check_deployment(spec, variables, root)
+        deployed_envs |= {t[4:] for t in spec.get("tags") or [] if t.startswith("env:")}
+    for env in sorted(set(environment_names(root / "config")) - deployed_envs):
+        problems.append(f"config/{env}.yaml has no deployment tagged 'env:{env}' in prefect.yaml")
+    return problems

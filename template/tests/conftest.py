@@ -1,0 +1,30 @@
+"""Shared fixtures: a temporary Prefect API for the whole session, and secrets for the tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+from secret_fixtures import provide_secret
+
+__all__ = ["provide_secret"]
+
+# Two cores start the temporary server in 10-20 s; Prefect's 20 s default is too tight.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_api() -> Iterator[None]:
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def in_repository_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flow runs start in the repository root; so do the tests."""
+    monkeypatch.chdir(ROOT)
