@@ -1,0 +1,143 @@
+"""Render the template through copier's own API and run a generated repository's checks.
+
+Tests render a snapshot of the working tree (committed to a throwaway git repository), so an
+uncommitted change is tested as it stands and copier never sees a dirty template.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import copier
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "copier-prefect tests",
+    "GIT_AUTHOR_EMAIL": "tests@copier-prefect.invalid",
+    "GIT_COMMITTER_NAME": "copier-prefect tests",
+    "GIT_COMMITTER_EMAIL": "tests@copier-prefect.invalid",
+}
+SNAPSHOT_IGNORES = shutil.ignore_patterns(
+    ".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", "node_modules", "demo"
+)
+
+
+def git(*args: str, cwd: Path) -> str:
+    result = subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **GIT_IDENTITY},
+    )
+    return result.stdout
+
+
+def snapshot_template(destination: Path, source: Path = ROOT) -> Path:
+    """Copy the template's working tree into a fresh git repository with one commit."""
+    shutil.copytree(source, destination, ignore=SNAPSHOT_IGNORES)
+    git("init", "-q", "-b", "main", cwd=destination)
+    git("add", "-A", cwd=destination)
+    git("commit", "-q", "-m", "snapshot", cwd=destination)
+    return destination
+
+
+def render(
+    template: Path, destination: Path, answers: Mapping[str, Any] | None = None, **kwargs: Any
+) -> Path:
+    copier.run_copy(
+        str(template),
+        destination,
+        data=dict(answers or {}),
+        defaults=True,
+        vcs_ref="HEAD",
+        quiet=True,
+        unsafe=True,
+        **kwargs,
+    )
+    return destination
+
+
+@cache
+def python_for(version: str) -> str | None:
+    """An interpreter for `version` that uv can use without downloading one.
+
+    uv finds interpreters on PATH; pyenv keeps its other versions off PATH, so look there too.
+    None lets uv fetch a managed Python, as it does on an ordinary machine.
+    """
+    if f"{sys.version_info.major}.{sys.version_info.minor}" == version:
+        return sys.executable
+    candidates = [shutil.which(f"python{version}")]
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates += sorted(pyenv_root.glob(f"versions/{version}.*/bin/python{version}"))
+    for candidate in filter(None, candidates):
+        probe = subprocess.run([str(candidate), "--version"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return str(candidate)
+    return None
+
+
+def repo_env(python_version: str) -> dict[str, str]:
+    """The environment a generated repository's commands run in: our uv first on PATH."""
+    env = {**os.environ, **GIT_IDENTITY, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    for name in ("VIRTUAL_ENV", "PYTHONPATH", "PREFECT_API_URL", "PREFECT_HOME"):
+        env.pop(name, None)
+    env["DO_NOT_TRACK"] = "1"
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    env["UV_NO_PROGRESS"] = "1"
+    interpreter = python_for(python_version)
+    if interpreter:
+        env["UV_PYTHON"] = interpreter
+    return env
+
+
+def run(args: list[str], cwd: Path, env: Mapping[str, str], timeout: float = 600) -> str:
+    """Run a command; on failure the assertion shows its whole output."""
+    result = subprocess.run(
+        args,
+        cwd=cwd,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(args)} exited {result.returncode}:\n{output}"
+    return output
+
+
+def answers_of(repo: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load((repo / ".copier-answers.yml").read_text())
+
+
+def sync(repo: Path) -> dict[str, str]:
+    """git init, commit and uv sync a generated repository; returns its command environment."""
+    env = repo_env(str(answers_of(repo)["python_version"]))
+    if not (repo / ".git").exists():
+        git("init", "-q", "-b", "main", cwd=repo)
+        git("add", "-A", cwd=repo)
+        git("commit", "-q", "-m", "Render from copier-prefect", cwd=repo)
+    run([str(BIN / "uv"), "sync", "--quiet"], cwd=repo, env=env)
+    return env
+
+
+def run_checks(repo: Path, *, pytest: bool = True) -> None:
+    """The generated repository's own checks: ruff check, ruff format --check, pytest."""
+    env = sync(repo)
+    uv = str(BIN / "uv")
+    run([uv, "run", "ruff", "check", "--no-cache", "."], cwd=repo, env=env)
+    run([uv, "run", "ruff", "format", "--no-cache", "--check", "."], cwd=repo, env=env)
+    if pytest:
+        run([uv, "run", "pytest", "-q", "-p", "no:cacheprovider"], cwd=repo, env=env)
