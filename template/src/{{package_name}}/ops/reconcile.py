@@ -151,7 +151,9 @@ def reconcile(state: DesiredState, root: Path, *, dry_run: bool, skip_deploy: bo
             + plan_tag_limits(client, state)
             + plan_global_limits(client, state)
         )
-        names = [d.full_name for d in state.deployments]
+        # `prefect deploy --name flow/deployment` matches the entrypoint's function name, not
+        # the flow's name: select by deployment name, which is the environment's own.
+        names = sorted({d.name for d in state.deployments})
         print(f"Plan for '{state.environment}' ({len(changes)} change(s) before deploy):")
         for change in changes:
             print(f"  {change}")
