@@ -1,0 +1,148 @@
+"""Foundation benchmarks, measured side by side in one run (`python -m bench.foundation_bench`).
+
+1. copier copy with the default answers against copier rendering a one-file template (the
+   floor copier itself sets), median of --copies runs each.
+2. Render to a Completed run of the default pipeline against a hand-written one-file flow
+   deployed the same way (work pool, `prefect deploy`, process worker) on the same server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import copier
+
+from tests.e2e.demo import api, wait_for_final_state
+from tests.e2e.server import running_server, running_worker
+from tests.rendering import BIN, git, render, run, snapshot_template, sync
+
+ONE_FILE_FLOW = """from prefect import flow
+
+
+@flow(name="floor")
+def floor() -> int:
+    return 1
+"""
+ONE_FILE_PREFECT_YAML = """name: floor
+pull:
+  - prefect.deployments.steps.set_working_directory:
+      directory: "{directory}"
+deployments:
+  - name: floor
+    entrypoint: flow.py:floor
+    work_pool:
+      name: floor
+"""
+
+
+def one_file_template(directory: Path) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "copier.yml").write_text("name:\n  type: str\n  default: floor\n")
+    (directory / "README.md.jinja").write_text("# {{ name }}\n")
+    git("init", "-q", "-b", "main", cwd=directory)
+    git("add", "-A", cwd=directory)
+    git("commit", "-q", "-m", "one file", cwd=directory)
+    return directory
+
+
+def median_copy_seconds(template: Path, workdir: Path, copies: int) -> float:
+    times = []
+    for i in range(copies):
+        start = time.perf_counter()
+        copier.run_copy(
+            str(template),
+            workdir / f"copy-{i}",
+            defaults=True,
+            vcs_ref="HEAD",
+            quiet=True,
+            unsafe=True,
+        )
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_to_completion(server_api: str, name: str, timeout: float = 600) -> None:
+    deployment = api(f"{server_api}/deployments/name/{name}")
+    flow_run = api(f"{server_api}/deployments/{deployment['id']}/create_flow_run", "POST", {})
+    state = wait_for_final_state(server_api, flow_run["id"], timeout)
+    if state != "COMPLETED":
+        raise RuntimeError(f"{name} ended {state}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--copies", type=int, default=5)
+    args = parser.parse_args()
+    uv = str(BIN / "uv")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        template = snapshot_template(work / "template")
+        floor_template = one_file_template(work / "floor-template")
+        full = median_copy_seconds(template, work / "full", args.copies)
+        floor = median_copy_seconds(floor_template, work / "floor", args.copies)
+        print(
+            f"copier copy, median of {args.copies}: defaults {full:.2f} s, "
+            f"one-file template {floor:.2f} s, ratio {full / floor:.1f}x"
+        )
+
+        # Both pipelines run on one server, from the generated repo's environment.
+        start = time.perf_counter()
+        repo = render(template, work / "pipeline")
+        env = sync(repo)
+        prefect = repo / ".venv" / "bin" / "prefect"
+        with running_server(prefect, work / "home", work / "server.log", env) as server:
+            run_env = {**env, **server.env(), "WAREHOUSE_DSN": f"sqlite:///{work}/w.db"}
+            setup = time.perf_counter() - start  # render + install, before the server
+            start = time.perf_counter()
+            run(
+                [uv, "run", "python", "-m", "sales_etl.ops", "reconcile", "--env", "dev"],
+                cwd=repo,
+                env=run_env,
+            )
+            with running_worker(
+                [str(prefect), "worker", "start", "--pool", "sales-etl-dev"],
+                cwd=repo,
+                env=run_env,
+                log=work / "worker.log",
+            ):
+                run_to_completion(server.api_url, "sales-etl/dev")
+            pipeline = setup + time.perf_counter() - start
+
+            start = time.perf_counter()
+            floor_dir = work / "floor-flow"
+            floor_dir.mkdir()
+            (floor_dir / "flow.py").write_text(ONE_FILE_FLOW)
+            (floor_dir / "prefect.yaml").write_text(
+                ONE_FILE_PREFECT_YAML.format(directory=floor_dir)
+            )
+            run(
+                [str(prefect), "work-pool", "create", "floor", "--type", "process"],
+                cwd=floor_dir,
+                env=run_env,
+            )
+            run(
+                [str(prefect), "--no-prompt", "deploy", "--name", "floor"],
+                cwd=floor_dir,
+                env=run_env,
+            )
+            with running_worker(
+                [str(prefect), "worker", "start", "--pool", "floor"],
+                cwd=floor_dir,
+                env=run_env,
+                log=work / "floor-worker.log",
+            ):
+                run_to_completion(server.api_url, "floor/floor")
+            one_file = time.perf_counter() - start
+        print(
+            f"render to Completed: default pipeline {pipeline:.1f} s "
+            f"(render + uv sync {setup:.1f} s), one-file flow {one_file:.1f} s, "
+            f"ratio {pipeline / one_file:.1f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""`make demo`'s path, in the suite: render, real server, reconcile, worker, run, Completed."""
+
+from __future__ import annotations
+
+import csv
+import math
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.demo import demo
+
+
+@pytest.mark.slow
+def test_default_pipeline_runs_to_completion_on_a_local_server(tmp_path: Path) -> None:
+    result = demo(tmp_path, {}, timeout=420)
+
+    assert result.state == "COMPLETED", (tmp_path / "logs" / "worker.log").read_text()
+    with (result.repo / "data" / "orders.csv").open() as f:
+        source_rows = sum(1 for _ in csv.DictReader(f))
+    assert result.rows_loaded == source_rows
+    batch_size = yaml.safe_load((result.repo / "config" / "dev.yaml").read_text())["batch_size"]
+    assert len(result.artifact) == math.ceil(source_rows / batch_size)
+    assert sum(row["rows"] for row in result.artifact) == source_rows
+    assert result.run_url.startswith("http://127.0.0.1:")
+    # Everything the demo started was stopped: the server no longer answers.
+    server = result.run_url.split("/runs/")[0]
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{server}/api/health", timeout=5)
