@@ -14,17 +14,17 @@ help: ## List the targets
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || python3 -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.9
-	@$(BIN)/uv pip install --quiet --python $(BIN)/python --group dev
+	@$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python --group dev
 	@rm -f $(VENV)/.installed-* && touch $@
 
 demo: $(STAMP) ## Render the defaults and run them end to end on a local Prefect server
 	@$(BIN)/python -m tests.e2e.demo $(DEMO_ARGS)
 
 test: $(STAMP) ## Run the whole suite, slow end-to-end tests included
-	@$(BIN)/pytest -n $(PYTEST_WORKERS) -m "" $(PYTEST_ARGS)
+	@$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "" $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## Run the fast tests only
-	@$(BIN)/pytest -n $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
+	@$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff and pre-commit on this repository
 	@$(BIN)/ruff check . && $(BIN)/ruff format --check .
