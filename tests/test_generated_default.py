@@ -24,3 +24,11 @@ def test_default_repo_passes_its_own_offline_validation(default_repo: Path, tmp_
     env = sync(repo)
     package = next((repo / "src").iterdir()).name
     run([str(BIN / "uv"), "run", "python", "-m", f"{package}.ops", "validate"], cwd=repo, env=env)
+
+
+@pytest.mark.slow
+def test_default_repo_passes_its_own_pre_commit_hooks(default_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(default_repo, repo)
+    env = sync(repo)
+    run([str(BIN / "uv"), "run", "pre-commit", "run", "--all-files"], cwd=repo, env=env)

@@ -1,0 +1,171 @@
+"""copier update on a real git-tagged copy of the template: team edits survive, template
+changes arrive, real conflicts are reported, a dirty worktree is refused untouched."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import copier
+import pytest
+
+from fleet.repo import find_conflicts
+from tests.history import releases, tagged_template
+from tests.rendering import answers_of, git, render, run_checks
+
+RELEASES = releases()
+# Answers that change files: the defaults, and a combination with other environments and limits.
+ANSWER_SETS = {
+    "defaults": {},
+    "two-environments": {
+        "project_name": "Billing Sync",
+        "environments": ["qa", "live"],
+        "concurrency_limits": {"billing-api": 2},
+    },
+}
+TEAM_FLOW = """\"\"\"A flow the team added.\"\"\"
+
+from prefect import flow
+
+
+@flow
+def team() -> int:
+    return 1
+"""
+TEAM_NOTES = "\n## Team notes\n\nOn-call: the data platform rota.\n"
+
+
+@pytest.fixture(scope="session")
+def tagged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tagged_template(tmp_path_factory.mktemp("tagged") / "copier-prefect")
+
+
+def copy_at(template: Path, ref: str, destination: Path, answers: dict[str, object]) -> Path:
+    render(template, destination, answers, vcs_ref=ref)
+    git("init", "-q", "-b", "main", cwd=destination)
+    git("add", "-A", cwd=destination)
+    git("commit", "-q", "-m", f"Render at {ref}", cwd=destination)
+    return destination
+
+
+def update(repo: Path, ref: str = "HEAD") -> None:
+    copier.run_update(
+        repo,
+        vcs_ref=ref,
+        defaults=True,
+        overwrite=True,
+        conflict="inline",
+        quiet=True,
+        unsafe=True,
+    )
+
+
+def make_team_edits(repo: Path) -> dict[str, str]:
+    """The edits a team makes in its first weeks; returns path -> text that must survive."""
+    package = answers_of(repo)["package_name"]
+    env = answers_of(repo)["environments"][0]
+    flow = repo / "src" / package / "flows" / "team.py"
+    flow.write_text(TEAM_FLOW)
+    config = repo / "config" / f"{env}.yaml"
+    config.write_text(re.sub(r"batch_size: \d+", "batch_size: 75", config.read_text()))
+    readme = repo / "README.md"
+    readme.write_text(readme.read_text() + TEAM_NOTES)
+    survivors = {
+        f"src/{package}/flows/team.py": TEAM_FLOW,
+        f"config/{env}.yaml": "batch_size: 75",
+        "README.md": TEAM_NOTES.strip(),
+    }
+    workflow = repo / ".github" / "workflows" / "ci.yml"
+    if workflow.exists():
+        step = add_ci_step(workflow)
+        survivors[".github/workflows/ci.yml"] = step
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "Team edits", cwd=repo)
+    return survivors
+
+
+def add_ci_step(workflow: Path) -> str:
+    """Append a step after the last step of the last job, at the steps' own indentation."""
+    lines = workflow.read_text().splitlines()
+    indent = max(
+        (line for line in lines if line.lstrip().startswith("- name:")), key=lines.index
+    ).index("-")
+    step = f"{' ' * indent}- name: Team smoke check\n{' ' * (indent + 2)}run: echo team-step"
+    workflow.write_text("\n".join(lines) + "\n" + step + "\n")
+    return "run: echo team-step"
+
+
+def test_history_has_a_release_to_update_from() -> None:
+    assert RELEASES, "no 'Release vX.Y.Z' commit in the history"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("answer_set", list(ANSWER_SETS))
+@pytest.mark.parametrize("tag", list(RELEASES))
+def test_update_from_a_release_keeps_team_edits_and_brings_template_changes(
+    tagged: Path, tmp_path: Path, tag: str, answer_set: str
+) -> None:
+    answers = ANSWER_SETS[answer_set]
+    repo = copy_at(tagged, tag, tmp_path / "repo", answers)
+    survivors = make_team_edits(repo)
+
+    update(repo)
+
+    assert find_conflicts(repo) == []
+    for path, text in survivors.items():
+        assert text in (repo / path).read_text(), f"team edit lost in {path}"
+    # Every file the team did not touch is what a fresh render at HEAD gives.
+    fresh = render(tagged, tmp_path / "fresh", answers, vcs_ref="HEAD")
+    team_owned = set(survivors) | {".copier-answers.yml"}
+    differing = [
+        str(path.relative_to(fresh))
+        for path in fresh.rglob("*")
+        if path.is_file()
+        and str(path.relative_to(fresh)) not in team_owned
+        and (repo / path.relative_to(fresh)).read_bytes() != path.read_bytes()
+    ]
+    assert differing == []
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "Update from the template", cwd=repo)
+    run_checks(repo)
+
+
+def test_a_real_conflict_is_reported_not_resolved(tagged: Path, tmp_path: Path) -> None:
+    template = tmp_path / "template"
+    shutil.copytree(tagged, template)
+    repo = copy_at(template, "HEAD", tmp_path / "repo", {})
+    makefile = repo / "Makefile"
+    makefile.write_text(makefile.read_text().replace("## Run the tests", "## Run our tests"))
+    git("commit", "-q", "-am", "Team wording", cwd=repo)
+    source = template / "template" / "Makefile.jinja"
+    source.write_text(source.read_text().replace("## Run the tests", "## Run the test suite"))
+    git("commit", "-q", "-am", "Template wording", cwd=template)
+    git("tag", "v99.0.0", cwd=template)
+
+    update(repo, "v99.0.0")
+
+    assert find_conflicts(repo) == ["Makefile"]
+    text = makefile.read_text()
+    assert "## Run our tests" in text and "## Run the test suite" in text
+
+
+def test_a_dirty_worktree_is_refused_and_left_as_it_was(tagged: Path, tmp_path: Path) -> None:
+    repo = copy_at(tagged, "HEAD", tmp_path / "repo", {})
+    (repo / "README.md").write_text((repo / "README.md").read_text() + "\nwork in progress\n")
+    (repo / "scratch.txt").write_text("not yet committed\n")
+    before = snapshot(repo)
+
+    with pytest.raises(Exception, match="dirty"):
+        update(repo)
+
+    assert snapshot(repo) == before
+
+
+def snapshot(repo: Path) -> tuple[str, dict[str, bytes]]:
+    files = {
+        str(p.relative_to(repo)): p.read_bytes()
+        for p in repo.rglob("*")
+        if p.is_file() and ".git" not in p.relative_to(repo).parts
+    }
+    return git("status", "--porcelain", "--untracked-files=all", cwd=repo), files
