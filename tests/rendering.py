@@ -54,16 +54,8 @@ def snapshot_template(destination: Path, source: Path = ROOT) -> Path:
 def render(
     template: Path, destination: Path, answers: Mapping[str, Any] | None = None, **kwargs: Any
 ) -> Path:
-    copier.run_copy(
-        str(template),
-        destination,
-        data=dict(answers or {}),
-        defaults=True,
-        vcs_ref="HEAD",
-        quiet=True,
-        unsafe=True,
-        **kwargs,
-    )
+    options = {"defaults": True, "vcs_ref": "HEAD", "quiet": True, "unsafe": True, **kwargs}
+    copier.run_copy(str(template), destination, data=dict(answers or {}), **options)
     return destination
 
 
