@@ -12,7 +12,7 @@ import copier
 import pytest
 import yaml
 
-from hooks.migrate import move_file, rename_answer
+from hooks.migrate import add_missing, move_file, rename_answer
 from tests.history import tagged_template
 from tests.rendering import ROOT, answers_of, git, render
 
@@ -53,6 +53,20 @@ def test_move_file_refuses_to_overwrite(tmp_path: Path) -> None:
         (tmp_path / name).write_text(name)
     with pytest.raises(SystemExit, match="merge them by hand"):
         move_file(tmp_path, "a.txt", "b.txt")
+
+
+def test_add_missing_brings_a_seed_back_once(tmp_path: Path) -> None:
+    template = tagged_template(tmp_path / "template")
+    repo = render(template, tmp_path / "repo")
+    seed = f"src/{answers_of(repo)['package_name']}/flows/etl.py"
+    original = (repo / seed).read_text()
+    (repo / seed).unlink()
+
+    assert add_missing(repo, str(template), "HEAD", [seed]) == f"added {seed}"
+    assert (repo / seed).read_text() == original
+    (repo / seed).write_text("# the team's own version\n")
+    assert add_missing(repo, str(template), "HEAD", [seed]) == "nothing missing"
+    assert (repo / seed).read_text() == "# the team's own version\n"
 
 
 def test_the_script_runs_under_copier_s_interpreter(tmp_path: Path) -> None:
