@@ -170,3 +170,8 @@ def test_bad_answer_is_refused_with_a_clear_message_and_writes_nothing(
         render(template, destination, {question: value})
     assert question in str(caught.value)
     assert not destination.exists()
+
+
+def test_copy_needs_no_trust(template: Path, tmp_path: Path) -> None:
+    """No _tasks and no Jinja extensions: Renovate and cautious users copy without --trust."""
+    assert (render(template, tmp_path / "repo", unsafe=False) / "prefect.yaml").is_file()
