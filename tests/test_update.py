@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import copier
@@ -12,7 +13,7 @@ import pytest
 
 from fleet.repo import find_conflicts
 from tests.history import releases, tagged_template
-from tests.rendering import answers_of, git, render, run_checks
+from tests.rendering import answers_of, git, render, repo_env, run_checks
 
 RELEASES = releases()
 # Answers that change files: the defaults, and a combination with other environments and limits.
@@ -169,3 +170,20 @@ def snapshot(repo: Path) -> tuple[str, dict[str, bytes]]:
         if p.is_file() and ".git" not in p.relative_to(repo).parts
     }
     return git("status", "--porcelain", "--untracked-files=all", cwd=repo), files
+
+
+def test_make_template_status_says_when_the_repository_is_behind(
+    tagged: Path, tmp_path: Path
+) -> None:
+    template = tmp_path / "template"
+    shutil.copytree(tagged, template)
+    git("tag", "v98.0.0", cwd=template)
+    repo = copy_at(template, "v98.0.0", tmp_path / "repo", {})
+    env = repo_env(str(answers_of(repo)["python_version"]))
+    status = [shutil.which("make") or "make", "--no-print-directory", "template-status"]
+
+    assert subprocess.run(status, cwd=repo, env=env, check=False).returncode == 0
+    git("commit", "-q", "--allow-empty", "-m", "A newer template", cwd=template)
+    git("tag", "v99.0.0", cwd=template)
+    # --quiet exits 2 when a newer release exists; make passes the status on.
+    assert subprocess.run(status, cwd=repo, env=env, check=False).returncode == 2
