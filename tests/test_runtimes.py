@@ -1,0 +1,555 @@
+"""The container runtimes (docker, kubernetes, ecs) and the Dask and Ray task runners.
+
+Every runtime x task runner combination is rendered and checked offline against real oracles:
+Prefect's PrefectYamlModel and its step functions (resolved with importlib), each worker's own
+base job template and job configuration model (prefect-docker, prefect-kubernetes, prefect-aws),
+hadolint, kubernetes-validate, and the prefect-worker Helm chart's values schema
+(tests/schemas/). The slow tests install one repository per runtime and per task runner
+(docker+dask, kubernetes+ray, ecs+threads) and run its own ruff, pytest and ops validate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import re
+import subprocess
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import copier
+import pytest
+import yaml
+from prefect.cli.deploy._models import PrefectYamlModel
+from prefect.server.schemas.actions import WorkPoolCreate
+from prefect_aws.workers.ecs_worker import ECSWorker
+from prefect_docker.worker import DockerWorker
+from prefect_kubernetes.worker import KubernetesWorker
+
+from tests.rendering import BIN, ROOT, render, run, run_checks, sync
+
+RUNTIMES = ["process", "docker", "kubernetes", "ecs"]
+CONTAINER_RUNTIMES = RUNTIMES[1:]
+TASK_RUNNERS = ["threads", "dask", "ray"]
+WORKERS = {"docker": DockerWorker, "kubernetes": KubernetesWorker, "ecs": ECSWorker}
+WORKER_PACKAGES = {
+    "docker": "prefect-docker",
+    "kubernetes": "prefect-kubernetes",
+    "ecs": "prefect-aws",
+}
+RUNNERS = {
+    "threads": (None, "ThreadPoolTaskRunner"),
+    "dask": ("prefect-dask", "DaskTaskRunner"),
+    "ray": ("prefect-ray", "RayTaskRunner"),
+}
+ENVIRONMENTS = ["dev", "staging", "prod"]
+IMAGE = "registry.example.com/pipelines/sales-etl"
+CHART_SCHEMA = ROOT / "tests" / "schemas" / "prefect-worker-chart-values.schema.json"
+# What a deploy would substitute for `{{ $VAR }}`: a placeholder left in place is a bug.
+DEPLOY_ENV_PLACEHOLDER = re.compile(r"\{\{ \$([A-Z_]+) \}\}")
+SECRET_WORDS = re.compile(r"SECRET|PASSWORD|TOKEN|DSN|API_KEY|CREDENTIAL", re.IGNORECASE)
+
+
+@pytest.fixture(scope="session")
+def rendered(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """render(runtime, task_runner, python_version) once per session (per xdist worker)."""
+    cache: dict[tuple[str, str, str], Path] = {}
+
+    def get(runtime: str, task_runner: str = "threads", python_version: str = "3.12") -> Path:
+        key = (runtime, task_runner, python_version)
+        if key not in cache:
+            dest = tmp_path_factory.mktemp("-".join(key)) / "sales-etl"
+            answers = {
+                "runtime": runtime,
+                "task_runner": task_runner,
+                "python_version": python_version,
+            }
+            cache[key] = render(template, dest, answers)
+        return cache[key]
+
+    return get
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def deploy_time(value: Any, env: dict[str, str] | None = None) -> Any:
+    """value with each `{{ $VAR }}` replaced as `prefect deploy` would, from env."""
+    env = env or {}
+    text = DEPLOY_ENV_PLACEHOLDER.sub(
+        lambda m: env.get(m[1], f"value-of-{m[1]}"), json.dumps(value)
+    )
+    return json.loads(text)
+
+
+def deployments(repo: Path) -> list[dict[str, Any]]:
+    return load_yaml(repo / "prefect.yaml")["deployments"]
+
+
+def env_of(deployment: dict[str, Any]) -> str:
+    (tag,) = [t for t in deployment["tags"] if t.startswith("env:")]
+    return tag.removeprefix("env:")
+
+
+class NoAPI:
+    """A client that fails the test if the job configuration needed the Prefect API."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"building the job configuration called the API: {name}")
+
+
+def job_configuration(runtime: str, template: dict[str, Any], variables: dict[str, Any]) -> Any:
+    """What the worker builds for a flow run: its own from_template_and_values and model."""
+    config_class = WORKERS[runtime].job_configuration
+    return asyncio.run(config_class.from_template_and_values(template, variables, client=NoAPI()))
+
+
+# --- Every combination ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task_runner", TASK_RUNNERS)
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_each_combination_has_its_files_and_dependencies(
+    rendered: Callable[..., Path], runtime: str, task_runner: str
+) -> None:
+    repo = rendered(runtime, task_runner)
+    container = runtime != "process"
+    assert (repo / "Dockerfile").is_file() == container
+    assert (repo / ".dockerignore").is_file() == container
+    assert (repo / "deploy" / "ecs-base-job-template.json").is_file() == (runtime == "ecs")
+    assert (repo / "deploy" / "flow-runs.yaml").is_file() == (runtime == "kubernetes")
+    helm_values = sorted(p.name for p in (repo / "deploy").glob("worker-*.yaml"))
+    want_values = [f"worker-{env}.yaml" for env in sorted(ENVIRONMENTS)]
+    assert helm_values == (want_values if runtime == "kubernetes" else [])
+
+    answers = load_yaml(repo / ".copier-answers.yml")
+    assert ("image_registry" in answers) == container
+    assert ("image_name" in answers) == container
+
+    deps = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[<>=\[]", dep)[0] for dep in deps}
+    assert (WORKER_PACKAGES.get(runtime) in names) == container
+    assert ("prefect-docker" in names) == container  # the build and push steps
+    package, runner_class = RUNNERS[task_runner]
+    assert package is None or package in names
+    assert not names & ({"prefect-dask", "prefect-ray"} - {package})
+    task_runner_py = (repo / "src" / "sales_etl" / "task_runner.py").read_text()
+    assert f"import {runner_class}" in task_runner_py
+    has_runner_tests = (repo / "tests" / "test_task_runner.py").is_file()
+    assert has_runner_tests == (task_runner != "threads")
+
+    makefile = (repo / "Makefile").read_text()
+    assert ("\nimage: ##" in makefile) == container
+    orchestration = load_yaml(repo / "config" / "orchestration.yaml")
+    assert orchestration["work_pool_type"] == runtime
+    base_job_template = orchestration.get("base_job_template")
+    assert base_job_template == ("deploy/ecs-base-job-template.json" if runtime == "ecs" else None)
+
+    # The files these answers add or change read as if written by hand.
+    touched = [repo / name for name in ("prefect.yaml", "Makefile", "README.md")]
+    touched += [
+        repo / "config" / "orchestration.yaml",
+        repo / "src" / "sales_etl" / "task_runner.py",
+    ]
+    touched += [repo / name for name in ("Dockerfile", ".dockerignore") if container]
+    touched += sorted((repo / "deploy").glob("*")) if (repo / "deploy").is_dir() else []
+    for path in touched:
+        text = path.read_text()
+        blank_run = "\n\n\n\n" if path.suffix == ".py" else "\n\n\n"
+        assert blank_run not in text, f"blank-line litter in {path}"
+        assert not re.search(r"[ \t]+\n", text), f"trailing whitespace in {path}"
+        assert "{%" not in text and "{#" not in text, f"unrendered Jinja in {path}"
+
+
+def test_process_output_has_no_container_traces(rendered: Callable[..., Path]) -> None:
+    repo = rendered("process")
+    makefile = (repo / "Makefile").read_text()
+    assert "IMAGE" not in makefile
+    assert not makefile.endswith("\n\n")
+    project = load_yaml(repo / "prefect.yaml")
+    assert project["build"] is None and project["push"] is None
+    assert "prefect_docker" not in (repo / "prefect.yaml").read_text()
+
+
+# --- prefect.yaml ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_prefect_yaml_fits_prefects_model_and_its_steps_exist(
+    rendered: Callable[..., Path], runtime: str
+) -> None:
+    repo = rendered(runtime)
+    project = load_yaml(repo / "prefect.yaml")
+    PrefectYamlModel.model_validate(project)
+    steps = [step for section in ("build", "push", "pull") for step in project[section] or []]
+    for step in steps:
+        ((dotted, _kwargs),) = step.items()
+        module, _, function = dotted.rpartition(".")
+        assert callable(getattr(importlib.import_module(module), function)), dotted
+    names = [next(iter(step)) for step in steps]
+    assert "prefect.deployments.steps.git_clone" not in names
+    if runtime == "process":
+        return
+    assert names == [
+        "prefect_docker.deployments.steps.build_docker_image",
+        "prefect_docker.deployments.steps.push_docker_image",
+        "prefect.deployments.steps.set_working_directory",
+    ]
+    build = project["build"][0]["prefect_docker.deployments.steps.build_docker_image"]
+    assert (build["image_name"], build["tag"], build["dockerfile"]) == (
+        IMAGE,
+        "{{ $IMAGE_TAG }}",
+        "Dockerfile",
+    )
+    push = project["push"][0]["prefect_docker.deployments.steps.push_docker_image"]
+    assert push["image_name"] == "{{ " + build["id"] + ".image_name }}"
+    assert push["tag"] == "{{ " + build["id"] + ".tag }}"
+    pull_dir = project["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"]
+    workdirs = re.findall(r"^WORKDIR (\S+)$", (repo / "Dockerfile").read_text(), re.MULTILINE)
+    assert pull_dir == workdirs[-1]
+    for deployment in deployments(repo):
+        entrypoint = deployment["entrypoint"].partition(":")[0]
+        # The image holds what the Dockerfile copies: the entrypoint must be among it.
+        assert entrypoint.startswith("src/"), entrypoint
+
+
+@pytest.mark.parametrize("runtime", CONTAINER_RUNTIMES)
+def test_job_variables_build_the_workers_job_configuration(
+    rendered: Callable[..., Path], runtime: str
+) -> None:
+    repo = rendered(runtime)
+    worker = WORKERS[runtime]
+    default = worker.get_default_base_job_template()
+    templates = [default]
+    orchestration = load_yaml(repo / "config" / "orchestration.yaml")
+    if orchestration.get("base_job_template"):
+        templates.append(json.loads((repo / orchestration["base_job_template"]).read_text()))
+    seen_envs = set()
+    for deployment in deployments(repo):
+        env = env_of(deployment)
+        seen_envs.add(env)
+        assert deployment["work_pool"]["name"] == f"sales-etl-{env}"
+        raw = deployment["work_pool"]["job_variables"]
+        assert set(raw) <= set(default["variables"]["properties"]), runtime
+        assert raw["env"] == {"PIPELINE_ENV": env}
+        assert not [k for k in raw["env"] if SECRET_WORDS.search(k)]
+        assert "prefect.blocks" not in json.dumps(raw)
+        assert raw["image"] == IMAGE + ":{{ $IMAGE_TAG }}"
+        variables = deploy_time(raw, {"IMAGE_TAG": "0123456789ab"})
+        for template in templates:
+            config = job_configuration(runtime, template, variables)
+            check_configuration(runtime, config, env)
+    assert seen_envs == set(ENVIRONMENTS)
+
+
+def check_configuration(runtime: str, config: Any, env: str) -> None:
+    image = f"{IMAGE}:0123456789ab"
+    if runtime == "docker":
+        assert config.image == image
+        assert config.env["PIPELINE_ENV"] == env
+        assert config.mem_limit
+    elif runtime == "kubernetes":
+        pod = config.job_manifest["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["image"] == image
+        assert (
+            config.namespace == config.job_manifest["metadata"]["namespace"] == f"sales-etl-{env}"
+        )
+        assert pod["serviceAccountName"] == "sales-etl-flow-run"
+        assert set(container["resources"]["requests"]) == {"cpu", "memory"}
+        assert set(container["resources"]["limits"]) == {"cpu", "memory"}
+    else:
+        assert config.task_definition["containerDefinitions"][0]["image"] == image
+        assert config.task_run_request["cluster"] == "value-of-ECS_CLUSTER"
+        assert config.task_run_request["overrides"]["taskRoleArn"] == "value-of-ECS_TASK_ROLE_ARN"
+        assert config.task_definition["executionRoleArn"] == "value-of-ECS_EXECUTION_ROLE_ARN"
+        assert config.vpc_id == "value-of-ECS_VPC_ID"
+        assert config.network_configuration["assignPublicIp"] == "DISABLED"
+        assert len(config.network_configuration["subnets"]) == 2
+        assert config.configure_cloudwatch_logs is True
+        assert config.cloudwatch_logs_options["awslogs-group"] == "/prefect/sales-etl"
+
+
+def test_the_job_configuration_oracle_rejects_a_broken_variable(
+    rendered: Callable[..., Path],
+) -> None:
+    """ECS refuses a custom network without a VPC: the oracle above can fail."""
+    repo = rendered("ecs")
+    variables = deploy_time(deployments(repo)[0]["work_pool"]["job_variables"])
+    del variables["vpc_id"]
+    with pytest.raises(ValueError, match="vpc_id"):
+        job_configuration("ecs", ECSWorker.get_default_base_job_template(), variables)
+
+
+# --- Dockerfile ------------------------------------------------------------------------------
+
+
+def hadolint(dockerfile: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "hadolint"), "--no-color", str(dockerfile)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("python_version", ["3.11", "3.12", "3.13"])
+def test_dockerfile_is_hadolint_clean_and_follows_the_lock(
+    rendered: Callable[..., Path], python_version: str, tmp_path: Path
+) -> None:
+    repo = rendered("docker", "threads", python_version)
+    dockerfile = (repo / "Dockerfile").read_text()
+    result = hadolint(repo / "Dockerfile")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"ARG PYTHON_IMAGE=python:{python_version}-slim-bookworm\n" in dockerfile
+    assert dockerfile.count("FROM ${PYTHON_IMAGE}") == 2  # build and run stages, one base
+    assert "RUN uv sync --locked --no-dev --no-install-project\n" in dockerfile
+    assert "RUN uv sync --locked --no-dev\n" in dockerfile
+    users = re.findall(r"^USER (\S+)$", dockerfile, re.MULTILINE)
+    assert users and users[-1] not in {"root", "0"}
+    assert "ARG" not in dockerfile.replace("ARG PYTHON_IMAGE", "")  # no build-time secrets
+
+    # The oracle can fail: an unpinned base image and unpinned apt packages.
+    broken = tmp_path / "Dockerfile"
+    broken.write_text(
+        dockerfile.replace(f"python:{python_version}-slim-bookworm", "python")
+        + "RUN apt-get update && apt-get install -y curl\n"
+    )
+    assert hadolint(broken).returncode != 0
+
+
+def test_dockerignore_admits_exactly_what_the_dockerfile_copies(
+    rendered: Callable[..., Path],
+) -> None:
+    repo = rendered("docker")
+    patterns = [
+        line
+        for line in (repo / ".dockerignore").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert patterns[0] == "*"  # deny by default: .env, .git, .venv never reach the context
+    admitted = {p.removeprefix("!").rstrip("/") for p in patterns if p.startswith("!")}
+    copied = set()
+    for line in (repo / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY ") and "--from=" not in line:
+            copied |= {src.rstrip("/") for src in line.split()[1:-1]}
+    assert copied == admitted
+    for source in copied:
+        assert (repo / source).exists() or source == "uv.lock", source  # uv.lock: make setup
+
+
+def test_makefile_builds_the_image_of_the_commit(rendered: Callable[..., Path]) -> None:
+    repo = rendered("docker")
+    env = {"PATH": "/usr/bin:/bin", "IMAGE_TAG": "0123456789ab"}
+    dry = subprocess.run(
+        ["make", "-n", "image"], cwd=repo, env=env, capture_output=True, text=True, check=True
+    )
+    assert dry.stdout.strip() == f"docker build --tag {IMAGE}:0123456789ab ."
+    helped = subprocess.run(["make", "help"], cwd=repo, capture_output=True, text=True, check=True)
+    assert "make image" in helped.stdout
+    process = subprocess.run(
+        ["make", "-n", "image"], cwd=rendered("process"), capture_output=True, text=True
+    )
+    assert process.returncode != 0
+
+
+# --- Kubernetes ------------------------------------------------------------------------------
+
+
+def check_jsonschema(schema: Path, *files: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "check-jsonschema"), "--schemafile", str(schema), *map(str, files)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_helm_values_pass_the_chart_schema_and_poll_their_pool(
+    rendered: Callable[..., Path], tmp_path: Path
+) -> None:
+    repo = rendered("kubernetes")
+    files = sorted((repo / "deploy").glob("worker-*.yaml"))
+    result = check_jsonschema(CHART_SCHEMA, *files)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for path in files:
+        env = path.stem.removeprefix("worker-")
+        values = load_yaml(path)
+        assert values["worker"]["config"] == {"workPool": f"sales-etl-{env}", "type": "kubernetes"}
+        assert values["worker"]["image"]["prefectTag"] == "3.9.1-python3.12-kubernetes"
+
+    # The oracle can fail: a misspelt key is rejected.
+    typo = load_yaml(files[0])
+    typo["worker"]["config"]["workpool"] = typo["worker"]["config"].pop("workPool")
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(typo))
+    assert check_jsonschema(CHART_SCHEMA, tmp_path / "typo.yaml").returncode != 0
+
+
+def test_flow_run_manifests_are_valid_and_match_the_job_variables(
+    rendered: Callable[..., Path], tmp_path: Path
+) -> None:
+    repo = rendered("kubernetes")
+    manifests = repo / "deploy" / "flow-runs.yaml"
+    result = subprocess.run(
+        [str(BIN / "kubernetes-validate"), "--strict", "--no-warn", str(manifests)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    documents = [d for d in yaml.safe_load_all(manifests.read_text()) if d]
+    accounts = {
+        (d["metadata"]["namespace"], d["metadata"]["name"])
+        for d in documents
+        if d["kind"] == "ServiceAccount"
+    }
+    namespaces = {d["metadata"]["name"] for d in documents if d["kind"] == "Namespace"}
+    for deployment in deployments(repo):
+        variables = deployment["work_pool"]["job_variables"]
+        assert variables["namespace"] in namespaces
+        assert (variables["namespace"], variables["service_account_name"]) in accounts
+    assert all(
+        d.get("automountServiceAccountToken") is False
+        for d in documents
+        if d["kind"] == "ServiceAccount"
+    )
+
+    # The oracle can fail: an unknown field is rejected under --strict.
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(manifests.read_text().replace("automountServiceAccountToken", "automount"))
+    rejected = subprocess.run(
+        [str(BIN / "kubernetes-validate"), "--strict", "--no-warn", str(broken)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert rejected.returncode != 0
+
+
+# --- ECS -------------------------------------------------------------------------------------
+
+
+def test_ecs_base_job_template_is_the_workers_with_our_defaults(
+    rendered: Callable[..., Path],
+) -> None:
+    repo = rendered("ecs")
+    ours = json.loads((repo / "deploy" / "ecs-base-job-template.json").read_text())
+    default = ECSWorker.get_default_base_job_template()
+    # Fails when prefect-aws changes its template: refresh the file from the new default.
+    assert ours["job_configuration"] == default["job_configuration"]
+    assert set(ours["variables"]["properties"]) == set(default["variables"]["properties"])
+    changed = {
+        name
+        for name, spec in ours["variables"]["properties"].items()
+        if spec != default["variables"]["properties"][name]
+    }
+    assert changed == {"configure_cloudwatch_logs", "match_latest_revision_in_family"}
+    assert ours["variables"]["properties"]["configure_cloudwatch_logs"]["default"] is True
+    assert ours["variables"]["properties"]["match_latest_revision_in_family"]["default"] is True
+    # What the server checks when `prefect work-pool create --base-job-template` sends it; the
+    # check can fail: a placeholder without its variable is refused.
+    WorkPoolCreate(name="sales-etl-dev", type="ecs", base_job_template=ours)
+    ours["job_configuration"]["cluster"] = "{{ clustre }}"
+    with pytest.raises(ValueError, match="must be present"):
+        WorkPoolCreate(name="sales-etl-dev", type="ecs", base_job_template=ours)
+
+
+def test_ecs_deploy_reads_the_environments_aws_identifiers(rendered: Callable[..., Path]) -> None:
+    repo = rendered("ecs")
+    readme = (repo / "README.md").read_text()
+    text = (repo / "prefect.yaml").read_text()
+    for name in sorted(set(DEPLOY_ENV_PLACEHOLDER.findall(text)) - {"IMAGE_TAG"}):
+        assert f"| `{name}` |" in readme, f"{name} is not documented in README.md"
+    assert "arn:aws" not in text and "subnet-" not in text  # no account in the repository
+
+
+# --- Questions -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("registry", "name"),
+    [
+        ("ghcr.io/acme", "sales-etl"),
+        ("123456789012.dkr.ecr.eu-west-1.amazonaws.com", "team/sales.etl__v2"),
+        ("localhost:5000", "sales_etl"),
+        ("registry.example.com:8443/team/sub_team", "a"),
+    ],
+)
+def test_valid_image_answers_name_the_image(
+    template: Path, tmp_path: Path, registry: str, name: str
+) -> None:
+    answers = {"runtime": "docker", "image_registry": registry, "image_name": name}
+    repo = render(template, tmp_path / "repo", answers)
+    variables = deployments(repo)[0]["work_pool"]["job_variables"]
+    assert variables["image"] == f"{registry}/{name}:{{{{ $IMAGE_TAG }}}}"
+
+
+@pytest.mark.parametrize(
+    ("question", "value"),
+    [
+        ("image_registry", "acme"),  # no host: would silently mean Docker Hub
+        ("image_registry", "ghcr.io/Acme"),
+        ("image_registry", "ghcr.io/acme/"),
+        ("image_registry", "https://ghcr.io/acme"),
+        ("image_registry", "ghcr.io/acme:latest"),
+        ("image_name", "Sales-ETL"),
+        ("image_name", "sales-etl:1.0"),
+        ("image_name", "-sales"),
+        ("image_name", ""),
+    ],
+)
+def test_invalid_image_answers_are_refused(
+    template: Path, tmp_path: Path, question: str, value: str
+) -> None:
+    with pytest.raises(
+        ValueError, match=re.escape(f"question '{question}': {question}: '{value}' is not a")
+    ):
+        copier.run_copy(
+            str(template),
+            tmp_path / "repo",
+            data={"runtime": "docker", question: value},
+            defaults=True,
+            vcs_ref="HEAD",
+            quiet=True,
+            unsafe=True,
+        )
+
+
+# --- Slow: one installed repository per runtime and per task runner ----------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("runtime", "task_runner"), [("docker", "dask"), ("kubernetes", "ray"), ("ecs", "threads")]
+)
+def test_generated_repository_passes_its_own_checks(
+    rendered: Callable[..., Path], runtime: str, task_runner: str
+) -> None:
+    repo = rendered(runtime, task_runner)
+    run_checks(repo)  # ruff check, ruff format --check, pytest (the flow on the local runner)
+    env = sync(repo)
+    uv = str(BIN / "uv")
+    run([uv, "run", "python", "-m", "sales_etl.ops", "validate"], cwd=repo, env=env)
+    state = run(
+        [
+            uv,
+            "run",
+            "python",
+            "-c",
+            "import json; from pathlib import Path; from sales_etl.ops.state import read_state; "
+            "print(json.dumps(read_state('dev', Path.cwd()).work_pools))",
+        ],
+        cwd=repo,
+        env=env,
+    )
+    pools = json.loads(state.strip().splitlines()[-1])
+    assert set(pools) == {"sales-etl-dev"}
+    if runtime == "ecs":
+        template = json.loads((repo / "deploy" / "ecs-base-job-template.json").read_text())
+        assert pools["sales-etl-dev"] == template
+    else:
+        assert pools["sales-etl-dev"] == WORKERS[runtime].get_default_base_job_template()
