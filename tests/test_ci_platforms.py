@@ -287,7 +287,7 @@ def check_github_actions(repo: Path, tools: Oracles, tmp_path: Path, rules: bool
         assert job["concurrency"]["cancel-in-progress"] is False, job_id
         assert job["concurrency"]["group"] == f"deploy-{job['environment']}", job_id
         reconcile = job["steps"][-1]
-        assert reconcile["run"] == 'make reconcile ENV="$DEPLOY_ENV"', job_id
+        assert reconcile["run"] == 'make deploy ENV="$DEPLOY_ENV"', job_id
         assert reconcile["env"]["PREFECT_API_KEY"] == "${{ secrets.PREFECT_API_KEY }}"
     release = deploy_jobs.pop("release")
     assert release["environment"] == prod
@@ -331,7 +331,7 @@ def check_gitlab_ci(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> 
         assert job["environment"]["name"] == env
         assert job["resource_group"] == env
     assert pipeline[".reconcile"]["interruptible"] is False
-    assert pipeline[".reconcile"]["script"] == ['make reconcile ENV="$CI_ENVIRONMENT_NAME"']
+    assert pipeline[".reconcile"]["script"] == ['make deploy ENV="$CI_ENVIRONMENT_NAME"']
 
 
 def check_bitbucket_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> None:
@@ -351,7 +351,7 @@ def check_bitbucket_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules:
     assert release["trigger"] == "manual"
     for step in [*main, release]:
         env = step["deployment"]
-        assert step["script"][-1] == f"make reconcile ENV={env}"
+        assert step["script"][-1] == f"make deploy ENV={env}"
         assert step["concurrency-group"] == f"deploy-{env}"
         assert "caches" not in step
 
@@ -371,7 +371,7 @@ def check_azure_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules: boo
         (job,) = stage["jobs"]
         assert job["environment"] == env
         script = job["strategy"]["runOnce"]["deploy"]["steps"][-1]
-        assert script["script"] == f"make reconcile ENV={env}"
+        assert script["script"] == f"make deploy ENV={env}"
         assert script["env"]["PREFECT_API_KEY"] == "$(PREFECT_API_KEY)"
         previous = f"deploy_{env}"
 

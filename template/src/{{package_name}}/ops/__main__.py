@@ -1,4 +1,4 @@
-"""`python -m <package>.ops reconcile --env dev [--dry-run] [--skip-deploy]` | `validate`."""
+"""`python -m <package>.ops reconcile --env ENV [--dry-run] [--prune]` | `validate`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,17 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--env", required=True, help="the environment, as in config/<env>.yaml")
     run.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     run.add_argument(
-        "--skip-deploy", action="store_true", help="pools and limits only, no prefect deploy"
+        "--skip-deploy", action="store_true", help="pools, limits and automations: no deployments"
+    )
+    run.add_argument(
+        "--prune",
+        action="store_true",
+        help="also delete this environment's deployments and automations no longer declared",
+    )
+    run.add_argument(
+        "--prebuilt-image",
+        action="store_true",
+        help="deploy the image already pushed for IMAGE_TAG: skip prefect.yaml's build and push",
     )
     run.add_argument("--root", type=Path, default=Path.cwd(), help="the repository root")
     check = commands.add_parser("validate", help="check prefect.yaml and config/, offline")
@@ -33,7 +43,17 @@ def main(argv: list[str] | None = None) -> int:
         state = read_state(args.env, args.root)
     except ConfigError as error:
         parser.exit(2, f"ops: {error}\n")
-    reconcile(state, args.root, dry_run=args.dry_run, skip_deploy=args.skip_deploy)
+    try:
+        reconcile(
+            state,
+            args.root,
+            dry_run=args.dry_run,
+            skip_deploy=args.skip_deploy,
+            prune=args.prune,
+            prebuilt_image=args.prebuilt_image,
+        )
+    except ConfigError as error:
+        parser.exit(2, f"ops: {error}\n")
     return 0
 
 

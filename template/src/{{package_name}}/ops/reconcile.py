@@ -2,18 +2,23 @@
 
 Plan first, then apply: every change is listed before it is made, a dry run stops after the
 plan, and a second run finds nothing to do. Only objects named in config/ and prefect.yaml are
-touched; other projects' pools, limits and deployments are left alone.
+created or updated; --prune also deletes this environment's deployments and automations that
+are no longer declared, found by their project:<name> and env:<env> tags. Other projects'
+objects are never touched.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import UUID
 
+import yaml
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitCreate,
@@ -22,7 +27,15 @@ from prefect.client.schemas.actions import (
     WorkPoolUpdate,
 )
 from prefect.exceptions import ObjectNotFound
+from prefect.settings import get_current_settings
 
+from .automations import desired_automation, diff_automation, project_automations
+from .deployments import (
+    deploy_environment,
+    diff_deployment,
+    flow_names,
+    project_deployments,
+)
 from .state import DesiredState
 
 
@@ -30,9 +43,11 @@ from .state import DesiredState
 class Change:
     kind: str
     name: str
-    action: str  # create | update | deploy
+    action: str  # create | update | delete
     detail: str
-    apply: Callable[[], None]
+    # None for deployments: `prefect deploy` applies all of them in one call.
+    apply: Callable[[], None] | None = None
+    deploy_name: str = ""
 
     def __str__(self) -> str:
         return f"{self.action:<7} {self.kind:<12} {self.name}  {self.detail}".rstrip()
@@ -134,39 +149,187 @@ def plan_global_limits(client: SyncPrefectClient, state: DesiredState) -> list[C
     return changes
 
 
-def deploy(root: Path, names: list[str]) -> None:
-    """Run `prefect deploy`, which resolves prefect.yaml's templating and steps itself."""
+def plan_deployments(
+    client: SyncPrefectClient, state: DesiredState, root: Path, *, prune: bool
+) -> tuple[list[Change], int]:
+    """Changes to this environment's deployments, and how many are already up to date."""
+    changes, unchanged = [], 0
+    for deployment in state.deployments:
+        action, fields = diff_deployment(client, deployment, state, root)
+        if action == "unchanged":
+            unchanged += 1
+            continue
+        changes.append(
+            Change(
+                "deployment",
+                deployment.full_name,
+                action,
+                ", ".join(fields),
+                deploy_name=deployment.deploy_name,
+            )
+        )
+    declared = {d.full_name for d in state.deployments}
+    existing = project_deployments(client, state)
+    flows = flow_names(client, existing)
+    for current in existing:
+        name = f"{flows[current.flow_id]}/{current.name}"
+        if name in declared:
+            continue
+        if not prune:
+            print(f"  note: deployment {name} is not in prefect.yaml (--prune deletes it)")
+            continue
+        changes.append(
+            Change(
+                "deployment",
+                name,
+                "delete",
+                "not in prefect.yaml",
+                lambda current=current: delete_deployment(client, current.id),
+            )
+        )
+    return changes, unchanged
+
+
+def delete_deployment(client: SyncPrefectClient, deployment_id: UUID) -> None:
+    # The automations its triggers created go with it.
+    client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
+    client.delete_deployment(deployment_id)
+
+
+def plan_automations(
+    client: SyncPrefectClient, state: DesiredState, *, prune: bool
+) -> tuple[list[Change], int]:
+    changes, unchanged = [], 0
+    existing = project_automations(client, state)
+    for automation in state.automations:
+        desired = desired_automation(client, automation, state)
+        current = existing.get(automation.name)
+        action, fields = diff_automation(desired, current)
+        if action == "unchanged":
+            unchanged += 1
+        elif current is None:
+            changes.append(
+                Change(
+                    "automation",
+                    automation.name,
+                    "create",
+                    f"on {', '.join(sorted(getattr(desired.trigger, 'expect', [])))}",
+                    lambda desired=desired: client.create_automation(desired),
+                )
+            )
+        else:
+            changes.append(
+                Change(
+                    "automation",
+                    automation.name,
+                    "update",
+                    ", ".join(fields),
+                    lambda i=current.id, desired=desired: client.update_automation(i, desired),
+                )
+            )
+    declared = {a.name for a in state.automations}
+    for name, current in sorted(existing.items()):
+        if name in declared:
+            continue
+        if not prune:
+            print(f"  note: automation {name} is not in config/ (--prune deletes it)")
+            continue
+        changes.append(
+            Change(
+                "automation",
+                name,
+                "delete",
+                "not in config/orchestration.yaml",
+                lambda i=current.id: client.delete_automation(i),
+            )
+        )
+    return changes, unchanged
+
+
+@contextmanager
+def prefect_file(root: Path, prebuilt_image: bool) -> Iterator[list[str]]:
+    """`prefect deploy` arguments for the project file: prefect.yaml itself, or a copy without
+    its build and push steps when CI has already built and pushed the image for IMAGE_TAG."""
+    if not prebuilt_image:
+        yield []
+        return
+    project = yaml.safe_load((root / "prefect.yaml").read_text(encoding="utf-8"))
+    project.update(build=None, push=None)
+    with tempfile.NamedTemporaryFile(
+        "w", dir=root, prefix=".prefect-prebuilt-", suffix=".yaml", encoding="utf-8"
+    ) as copy:
+        yaml.safe_dump(project, copy, sort_keys=False)
+        copy.flush()
+        yield ["--prefect-file", copy.name]
+
+
+def deploy(root: Path, names: list[str], *, prebuilt_image: bool = False) -> None:
+    """Run `prefect deploy` for these deployments: it resolves prefect.yaml's steps itself."""
     args = [sys.executable, "-m", "prefect", "--no-prompt", "deploy"]
     for name in names:
         args += ["--name", name]
-    env = {**os.environ, "PROJECT_DIR": os.environ.get("PROJECT_DIR") or str(root)}
-    subprocess.run(args, cwd=root, env=env, check=True)
+    with deploy_environment(root) as env, prefect_file(root, prebuilt_image) as file_args:
+        # The API this process talks to, even when it comes from a settings context (tests).
+        if api_url := get_current_settings().api.url:
+            env["PREFECT_API_URL"] = api_url
+        result = subprocess.run(
+            args + file_args, cwd=root, env=env, capture_output=True, text=True, check=False
+        )
+    if result.returncode != 0:
+        print(result.stdout + result.stderr, file=sys.stderr)
+        raise SystemExit(
+            f"prefect deploy exited {result.returncode}: pools, limits and automations are "
+            "applied, deployments may be in part, nothing was deleted. Fix and run it again."
+        )
+    print(f"Deployed {', '.join(names)}.")
 
 
-def reconcile(state: DesiredState, root: Path, *, dry_run: bool, skip_deploy: bool) -> int:
-    """Print the plan and apply it unless dry_run; returns the number of changes."""
-    with get_client(sync_client=True) as client:
+def reconcile(
+    state: DesiredState,
+    root: Path,
+    *,
+    dry_run: bool,
+    skip_deploy: bool,
+    prune: bool = False,
+    prebuilt_image: bool = False,
+) -> int:
+    """Print the plan, then apply it unless dry_run; returns the number of changes.
+
+    Order: work pools and limits (deployments need their pool), automations, deployments,
+    deletions last, so a failure part-way never leaves a deployment without its pool.
+    """
+    print(f"Plan for '{state.environment}':")
+    with get_client(sync_client=True) as client, deploy_environment(root):
         changes = (
             plan_work_pools(client, state)
             + plan_tag_limits(client, state)
             + plan_global_limits(client, state)
         )
-        # `prefect deploy --name flow/deployment` matches the entrypoint's function name, not
-        # the flow's name: select by deployment name, which is the environment's own.
-        names = sorted({d.name for d in state.deployments})
-        print(f"Plan for '{state.environment}' ({len(changes)} change(s) before deploy):")
+        automation_changes, unchanged = plan_automations(client, state, prune=prune)
+        changes += automation_changes
+        if not skip_deploy:
+            deployment_changes, unchanged_deployments = plan_deployments(
+                client, state, root, prune=prune
+            )
+            changes += deployment_changes
+            unchanged += unchanged_deployments
         for change in changes:
             print(f"  {change}")
         if not changes:
-            print("  work pools and limits are up to date")
-        if not skip_deploy:
-            print(f"  deploy  {', '.join(names)}")
+            print(f"No changes: '{state.environment}' is up to date.")
+            return 0
+        if unchanged:
+            print(f"  ({unchanged} deployment(s) and automation(s) unchanged)")
         if dry_run:
-            print("Dry run: nothing applied.")
+            print(f"Dry run: {len(changes)} change(s) planned, nothing applied.")
             return len(changes)
         for change in changes:
-            change.apply()
-    if not skip_deploy:
-        deploy(root, names)
+            if change.apply is not None and change.action != "delete":
+                change.apply()
+        if to_deploy := [c.deploy_name for c in changes if c.deploy_name]:
+            deploy(root, to_deploy, prebuilt_image=prebuilt_image)
+        for change in changes:
+            if change.apply is not None and change.action == "delete":
+                change.apply()
     print(f"Applied {len(changes)} change(s) to '{state.environment}'.")
     return len(changes)

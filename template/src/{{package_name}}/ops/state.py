@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect.workers.base import BaseWorker
 
 from .._internal.config import ConfigError, read_yaml
 
+if TYPE_CHECKING:
+    from prefect.flows import Flow
+
 PROJECT_TAG_PREFIX = "project:"
+ENV_TAG_PREFIX = "env:"
 
 
 @dataclass(frozen=True)
@@ -25,10 +31,27 @@ class Deployment:
     flow_name: str
     name: str
     work_pool: str
+    entrypoint: str = ""
+    # The deployment's entry in prefect.yaml, anchors merged, templating not yet applied.
+    spec: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def full_name(self) -> str:
         return f"{self.flow_name}/{self.name}"
+
+    @property
+    def deploy_name(self) -> str:
+        """The name `prefect deploy --name` selects it by: <entrypoint function>/<name>."""
+        return f"{self.entrypoint.rpartition(':')[2]}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Automation:
+    """An automation of config/orchestration.yaml, as it applies to one environment."""
+
+    key: str
+    name: str
+    spec: dict[str, Any] = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -40,10 +63,17 @@ class DesiredState:
     tag_limits: dict[str, int]
     global_limits: list[GlobalLimit]
     deployments: list[Deployment] = field(default_factory=list)
+    automations: list[Automation] = field(default_factory=list)
+    # prefect.yaml's top level: the build, push and pull steps deployments inherit.
+    project_file: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def project_tag(self) -> str:
         return PROJECT_TAG_PREFIX + self.project
+
+    @property
+    def environment_tag(self) -> str:
+        return ENV_TAG_PREFIX + self.environment
 
 
 def default_base_job_template(work_pool_type: str) -> dict[str, Any]:
@@ -55,11 +85,34 @@ def default_base_job_template(work_pool_type: str) -> dict[str, Any]:
     return worker.get_default_base_job_template()
 
 
-def flow_name_of(entrypoint: str, root: Path) -> str:
-    """The @flow(name=...) of an entrypoint, read from the source without importing it."""
+@cache
+def load_flow(entrypoint: str, root: Path) -> Flow[..., Any]:
+    """The flow object of an entrypoint; imported once per process, as `prefect deploy` does."""
     from prefect.flows import load_flow_from_entrypoint
 
-    return load_flow_from_entrypoint(str(root / entrypoint)).name
+    return load_flow_from_entrypoint(str(root / entrypoint))
+
+
+def flow_name_of(entrypoint: str, root: Path) -> str:
+    """The @flow(name=...) of an entrypoint."""
+    return load_flow(entrypoint, root).name
+
+
+def read_automations(
+    environment: str, project: str, orchestration: dict[str, Any]
+) -> list[Automation]:
+    """config/orchestration.yaml's automations that apply to `environment` (all by default)."""
+    automations = []
+    for key, spec in (orchestration.get("automations") or {}).items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("trigger"), dict):
+            raise ConfigError(
+                f"config/orchestration.yaml: automation '{key}' needs a 'trigger' mapping."
+            )
+        if environment in (spec.get("environments") or [environment]):
+            automations.append(
+                Automation(key=key, name=f"{project}/{environment}/{key}", spec=spec)
+            )
+    return automations
 
 
 def read_state(environment: str, root: Path) -> DesiredState:
@@ -70,14 +123,18 @@ def read_state(environment: str, root: Path) -> DesiredState:
             flow_name=flow_name_of(spec["entrypoint"], root),
             name=spec["name"],
             work_pool=spec["work_pool"]["name"],
+            entrypoint=spec["entrypoint"],
+            spec=spec,
         )
         for spec in project.get("deployments") or []
-        if f"env:{environment}" in (spec.get("tags") or [])
+        if ENV_TAG_PREFIX + environment in (spec.get("tags") or [])
     ]
     if not deployments:
         raise ConfigError(f"prefect.yaml has no deployment tagged 'env:{environment}'.")
     pool_type = orchestration.get("work_pool_type") or "process"
     template = orchestration.get("base_job_template") or default_base_job_template(pool_type)
+    if isinstance(template, str):  # a JSON file, as `prefect work-pool create` takes it
+        template = json.loads((root / template).read_text(encoding="utf-8"))
     return DesiredState(
         environment=environment,
         project=project["name"],
@@ -89,4 +146,6 @@ def read_state(environment: str, root: Path) -> DesiredState:
             for name, spec in (orchestration.get("global_limits") or {}).items()
         ],
         deployments=deployments,
+        automations=read_automations(environment, project["name"], orchestration),
+        project_file={k: v for k, v in project.items() if k != "deployments"},
     )

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
-from prefect.cli.deploy._models import DeploymentConfig, PrefectYamlModel, WorkPoolConfig
+from prefect.cli.deploy._models import (
+    DeploymentConfig,
+    PrefectYamlModel,
+    WorkPoolConfig,
+)
 from prefect.client.schemas.schedules import CronSchedule
+from prefect.events.schemas.automations import AutomationCore
 from pydantic import BaseModel, ValidationError
 
 from .._internal.config import environment_names, read_yaml
+from .automations import LOCAL_KEYS
 from .state import default_base_job_template
 
 EXTRA_TOP_LEVEL_KEYS = {"definitions"}
@@ -47,6 +54,29 @@ def check_deployment(spec: dict[str, Any], variables: set[str], root: Path) -> l
     return problems
 
 
+def check_automations(orchestration: dict[str, Any], environments: list[str]) -> list[str]:
+    """Automations parse as Prefect's model; a named block is only looked up by reconcile."""
+    problems = []
+    for key, spec in (orchestration.get("automations") or {}).items():
+        where = f"config/orchestration.yaml: automation '{key}'"
+        if not isinstance(spec, dict):
+            problems.append(f"{where} must be a mapping")
+            continue
+        for env in sorted(set(spec.get("environments") or []) - set(environments)):
+            problems.append(f"{where} names environment '{env}', which has no config/{env}.yaml")
+        actions = [
+            {k: v for k, v in action.items() if k != "block_document"}
+            | ({"block_document_id": str(UUID(int=0))} if "block_document" in action else {})
+            for action in spec.get("actions") or []
+        ]
+        fields = {k: v for k, v in spec.items() if k not in LOCAL_KEYS}
+        try:
+            AutomationCore.model_validate({**fields, "name": key, "actions": actions})
+        except ValidationError as error:
+            problems.append(f"{where} is invalid: {error}")
+    return problems
+
+
 def validate(root: Path) -> list[str]:
     """Every problem found, as one line each; empty when all is well."""
     project = read_yaml(root / "prefect.yaml")
@@ -59,7 +89,9 @@ def validate(root: Path) -> list[str]:
         PrefectYamlModel.model_validate(project)
     except ValidationError as error:
         problems.append(f"prefect.yaml does not match Prefect's model: {error}")
-    pool_type = read_yaml(root / "config" / "orchestration.yaml").get("work_pool_type", "process")
+    orchestration = read_yaml(root / "config" / "orchestration.yaml")
+    problems += check_automations(orchestration, environment_names(root / "config"))
+    pool_type = orchestration.get("work_pool_type", "process")
     template = default_base_job_template(pool_type)
     variables = set(template["variables"]["properties"])
     deployed_envs = set()

@@ -1,0 +1,205 @@
+"""Orchestrator state as code, on a real local Prefect server with the default render.
+
+One server for the module: reconcile the first environment (twice: the second finds nothing to
+do), then check what the declared state does at run time: the tag limit of
+config/orchestration.yaml holds a bulk flow to L task runs at once, a worker runs the ETL
+deployment, its completion triggers the downstream publish deployment, and the run-summary
+artifact reads back through the API.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.concurrency_bench import Span, api, max_running, start_bulk_flow, task_spans
+from tests.e2e.server import Server, running_server, running_worker
+from tests.rendering import BIN, answers_of, run, sync
+
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+@dataclass
+class Pipeline:
+    repo: Path
+    env: dict[str, str]
+    server: Server
+    answers: dict[str, Any]
+    reconcile_output: list[str]
+
+    @property
+    def environment(self) -> str:
+        return self.answers["environments"][0]
+
+    @property
+    def slug(self) -> str:
+        return self.answers["project_slug"]
+
+    def reconcile(self) -> str:
+        package = self.answers["package_name"]
+        command = ["python", "-m", f"{package}.ops", "reconcile", "--env", self.environment]
+        return run([str(BIN / "uv"), "run", *command], cwd=self.repo, env=self.env)
+
+
+@pytest.fixture(scope="module")
+def pipeline(default_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    workdir = tmp_path_factory.mktemp("orchestration")
+    repo = shutil.copytree(default_repo, workdir / "pipeline")
+    env = sync(repo)
+    prefect = repo / ".venv" / "bin" / "prefect"
+    with running_server(prefect, workdir / "home", workdir / "server.log", env) as server:
+        pipeline = Pipeline(repo, {**env, **server.env()}, server, answers_of(repo), [])
+        pipeline.reconcile_output += [pipeline.reconcile(), pipeline.reconcile()]
+        yield pipeline
+
+
+def wait_for(api_url: str, flow_run_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        flow_run = api(f"{api_url}/flow_runs/{flow_run_id}")
+        if flow_run["state"]["type"] in FINAL:
+            return flow_run
+        time.sleep(1)
+    raise TimeoutError(f"flow run {flow_run_id} not finished after {timeout:.0f} s")
+
+
+def runs_of(api_url: str, deployment_id: str) -> list[dict[str, Any]]:
+    return api(
+        f"{api_url}/flow_runs/filter",
+        {"deployments": {"id": {"any_": [deployment_id]}}, "sort": "START_TIME_DESC"},
+    )
+
+
+@pytest.mark.slow
+def test_reconcile_applies_then_finds_nothing_to_do(pipeline: Pipeline) -> None:
+    first, second = pipeline.reconcile_output
+    assert f"create  deployment   {pipeline.slug}/{pipeline.environment}" in first
+    assert f"create  deployment   {pipeline.slug}-publish/{pipeline.environment}" in first
+    assert f"create  automation   {pipeline.slug}/{pipeline.environment}/failed-runs" in first
+    assert "No changes" in second
+    assert "create" not in second and "update" not in second
+
+
+@pytest.mark.slow
+def test_tag_limit_caps_concurrent_task_runs(pipeline: Pipeline) -> None:
+    (tag, limit), *_ = pipeline.answers["concurrency_limits"].items()
+    tasks = 2 * limit  # one thread each: two waves if the limit holds, one if it does not
+    flow_run_id = start_bulk_flow(pipeline.server.api_url, pipeline.env, tag, tasks, 2.0)
+    spans = task_spans(pipeline.server.api_url, flow_run_id)
+    assert len(spans) == tasks
+    peak = max_running(spans)
+    print(f"\ntag '{tag}' limit {limit}: at most {peak} of {tasks} task runs ran at once")
+    assert 2 <= peak <= limit
+
+
+@pytest.mark.slow
+def test_completion_triggers_the_downstream_deployment_and_artifacts_read_back(
+    pipeline: Pipeline,
+) -> None:
+    api_url, slug, environment = pipeline.server.api_url, pipeline.slug, pipeline.environment
+    upstream = api(f"{api_url}/deployments/name/{slug}/{environment}")
+    downstream = api(f"{api_url}/deployments/name/{slug}-publish/{environment}")
+    assert runs_of(api_url, downstream["id"]) == []
+    worker_env = {**pipeline.env, "WAREHOUSE_DSN": f"sqlite:///{pipeline.repo / 'warehouse.db'}"}
+    prefect = pipeline.repo / ".venv" / "bin" / "prefect"
+    worker = [str(prefect), "worker", "start", "--pool", f"{slug}-{environment}"]
+    log = pipeline.repo.parent / "worker.log"
+    with running_worker(worker, cwd=pipeline.repo, env=worker_env, log=log):
+        run_id = api(f"{api_url}/deployments/{upstream['id']}/create_flow_run", {})["id"]
+        etl = wait_for(api_url, run_id)
+        assert etl["state"]["type"] == "COMPLETED", log.read_text()[-3000:]
+        deadline = time.monotonic() + 120
+        while not (triggered := runs_of(api_url, downstream["id"])):
+            assert time.monotonic() < deadline, "the trigger started no publish run"
+            time.sleep(1)
+        publish = wait_for(api_url, triggered[0]["id"])
+    assert publish["state"]["type"] == "COMPLETED", log.read_text()[-3000:]
+    assert publish["parameters"] == {"upstream_flow_run": f"prefect.flow-run.{run_id}"}
+    started, upstream_ended = (
+        datetime.fromisoformat(publish["start_time"]),
+        datetime.fromisoformat(etl["end_time"]),
+    )
+    assert started >= upstream_ended
+
+    summary = api(f"{api_url}/artifacts/{slug}-run-summary/latest")
+    assert summary["flow_run_id"] == run_id
+    data = json.loads(summary["data"]) if isinstance(summary["data"], str) else summary["data"]
+    rows = sum(batch["rows"] for batch in data)
+    assert rows > 0
+    report = api(f"{api_url}/artifacts/{slug}-report/latest")
+    assert report["flow_run_id"] == publish["id"]
+    assert f"**{rows} rows**" in report["data"]
+
+
+# Two failing flow runs outside any deployment, tagged as another environment's run and as this
+# environment's: only the second may fire this environment's failure automation.
+FAILING_RUNS = """
+from prefect import flow, tags
+
+
+@flow(name="failing-example")
+def failing() -> None:
+    raise RuntimeError("planned failure")
+
+
+for environment in ("elsewhere", "{environment}"):
+    with tags("project:{slug}", "env:" + environment):
+        print(failing(return_state=True).type.value)
+"""
+
+
+@pytest.mark.slow
+def test_failure_automation_fires_for_this_environment_only(pipeline: Pipeline) -> None:
+    api_url, name = pipeline.server.api_url, f"{pipeline.slug}/{pipeline.environment}/failed-runs"
+    (automation,) = [a for a in api(f"{api_url}/automations/filter", {}) if a["name"] == name]
+    script = FAILING_RUNS.format(environment=pipeline.environment, slug=pipeline.slug)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=pipeline.repo,
+        env=pipeline.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.stdout.split() == ["FAILED", "FAILED"], result.stdout + result.stderr
+
+    def fired() -> list[dict[str, Any]]:
+        events = api(
+            f"{api_url}/events/filter",
+            {
+                "filter": {
+                    "event": {"name": ["prefect.automation.triggered"]},
+                    "resource": {"id": [f"prefect.automation.{automation['id']}"]},
+                },
+                "limit": 10,
+            },
+        )
+        return events["events"]
+
+    deadline = time.monotonic() + 60
+    while not fired():
+        assert time.monotonic() < deadline, "the failure automation never fired"
+        time.sleep(1)
+    time.sleep(3)  # time for a wrongly matched second firing to show up
+    assert len(fired()) == 1
+
+
+def test_max_running_counts_touching_spans_apart() -> None:
+    t0 = datetime(2026, 1, 1)
+    spans = [
+        Span(t0 + timedelta(seconds=start), t0 + timedelta(seconds=end))
+        for start, end in [(0, 2), (1, 3), (2, 4), (2, 5)]
+    ]
+    # (0, 2) ends as (2, 4) and (2, 5) start: three at once, never four.
+    assert max_running(spans) == 3
