@@ -125,11 +125,14 @@ def sync(repo: Path) -> dict[str, str]:
     return env
 
 
-def run_checks(repo: Path, *, pytest: bool = True) -> None:
-    """The generated repository's own checks: ruff check, ruff format --check, pytest."""
+def run_checks(repo: Path, *, pytest: bool = True) -> dict[str, str]:
+    """The generated repository's own checks: ruff check, ruff format --check, pytest.
+
+    Returns the environment they ran in, for further commands in the same repository."""
     env = sync(repo)
     uv = str(BIN / "uv")
     run([uv, "run", "ruff", "check", "--no-cache", "."], cwd=repo, env=env)
     run([uv, "run", "ruff", "format", "--no-cache", "--check", "."], cwd=repo, env=env)
     if pytest:
         run([uv, "run", "pytest", "-q", "-p", "no:cacheprovider"], cwd=repo, env=env)
+    return env

@@ -26,7 +26,7 @@ import yaml
 from check_jsonschema.cli.main_command import main as check_jsonschema_main
 from click.testing import CliRunner
 
-from tests.rendering import BIN, ROOT, answers_of, git, render, run, snapshot_template, sync
+from tests.rendering import BIN, ROOT, answers_of, git, render, run, snapshot_template
 
 COPIER = yaml.safe_load((ROOT / "copier.yml").read_text(encoding="utf-8"))
 PLATFORMS = list(COPIER["ci_platform"]["choices"].values())
@@ -634,11 +634,3 @@ def test_precommit_validates_the_ci_files(
     check = [str(BIN / "pre-commit"), "run", hooks[0], "--files", broken]
     result = subprocess.run(check, cwd=repo, env=tool_env(), capture_output=True, text=True)
     assert result.returncode != 0, result.stdout + result.stderr
-
-
-@pytest.mark.slow
-def test_default_repo_passes_its_whole_precommit(template: Path, tmp_path: Path) -> None:
-    """`uv run pre-commit run --all-files`, as CI runs it, in a committed default render."""
-    repo = render(template, tmp_path / "sales-etl")
-    env = sync(repo)
-    run([str(BIN / "uv"), "run", "pre-commit", "run", "--all-files"], cwd=repo, env=env)

@@ -135,5 +135,7 @@ def rename_question(template: Path, old: str, new: str) -> None:
         f'    command: ["{{{{ _copier_python }}}}", "{{{{ _copier_conf.src_path }}}}/hooks/'
         f'migrate.py", rename-answer, {old}, {new}]\n'
     )
-    copier_yml.write_text(copier_yml.read_text().replace("_migrations: []\n", migration))
+    text = copier_yml.read_text()
+    assert text.count("\n_migrations:\n") == 1
+    copier_yml.write_text(text.replace("\n_migrations:\n", "\n" + migration))
     shutil.rmtree(template / "tests", ignore_errors=True)

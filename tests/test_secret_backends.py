@@ -143,14 +143,21 @@ def test_makefile_has_sync_secrets_only_for_prefect(
         "sync-secrets: ## Create or update ENV's Secret blocks from environment variables\n"
         "\tuv run python -m $(PACKAGE).ops.sync_secrets --env $(ENV)\n"
     ) in makefile
-    dry_run = subprocess.run(
-        ["make", "-n", "sync-secrets", "ENV=prod"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert dry_run.stdout == "uv run python -m sales_etl.ops.sync_secrets --env prod\n"
+
+    def dry_run(target: str) -> str:
+        # --no-print-directory: under `make test` this make is nested and would say where it is.
+        return subprocess.run(
+            ["make", "--no-print-directory", "-n", target, "ENV=prod"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    sync = "uv run python -m sales_etl.ops.sync_secrets --env prod\n"
+    assert dry_run("sync-secrets") == sync
+    # make deploy, what CI runs, syncs the blocks before it reconciles.
+    assert dry_run("deploy") == sync + "uv run python -m sales_etl.ops reconcile --env prod\n"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -34,7 +34,7 @@ from prefect import flow
 def team() -> int:
     return 1
 """
-TEAM_NOTES = "\n## Team notes\n\nOn-call: the data platform rota.\n"
+TEAM_NOTES = "On-call for this pipeline: the data platform rota.\n\n"
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +71,8 @@ def make_team_edits(repo: Path) -> dict[str, str]:
     config = repo / "config" / f"{env}.yaml"
     config.write_text(re.sub(r"batch_size: \d+", "batch_size: 75", config.read_text()))
     readme = repo / "README.md"
-    readme.write_text(readme.read_text() + TEAM_NOTES)
+    heading = "## Running locally\n\n"
+    readme.write_text(readme.read_text().replace(heading, heading + TEAM_NOTES))
     survivors = {
         f"src/{package}/flows/team.py": TEAM_FLOW,
         f"config/{env}.yaml": "batch_size: 75",
@@ -87,11 +88,10 @@ def make_team_edits(repo: Path) -> dict[str, str]:
 
 
 def add_ci_step(workflow: Path) -> str:
-    """Append a step after the last step of the last job, at the steps' own indentation."""
+    """Append a step after the workflow's last step, at the steps' own indentation."""
     lines = workflow.read_text().splitlines()
-    indent = max(
-        (line for line in lines if line.lstrip().startswith("- name:")), key=lines.index
-    ).index("-")
+    steps = [line for line in lines if re.match(r"\s*- (name|uses|run):", line)]
+    indent = steps[-1].index("-")
     step = f"{' ' * indent}- name: Team smoke check\n{' ' * (indent + 2)}run: echo team-step"
     workflow.write_text("\n".join(lines) + "\n" + step + "\n")
     return "run: echo team-step"
@@ -129,7 +129,10 @@ def test_update_from_a_release_keeps_team_edits_and_brings_template_changes(
     assert differing == []
     git("add", "-A", cwd=repo)
     git("commit", "-q", "-m", "Update from the template", cwd=repo)
-    run_checks(repo)
+    # The updated repository's own checks, once per release: the other answer set differs only
+    # in rendered values, which the comparison with a fresh render above already covers.
+    if answer_set == "two-environments":
+        run_checks(repo)
 
 
 def test_a_real_conflict_is_reported_not_resolved(tagged: Path, tmp_path: Path) -> None:
