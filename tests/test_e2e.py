@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import time
 import urllib.request
 from pathlib import Path
 
@@ -11,6 +13,8 @@ import pytest
 import yaml
 
 from tests.e2e.demo import demo
+from tests.e2e.server import running_server, running_worker
+from tests.rendering import BIN
 
 
 @pytest.mark.slow
@@ -29,3 +33,23 @@ def test_default_pipeline_runs_to_completion_on_a_local_server(tmp_path: Path) -
     server = result.run_url.split("/runs/")[0]
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{server}/api/health", timeout=5)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_worker_and_the_server(tmp_path: Path) -> None:
+    """What `make demo` does on Ctrl-C: the context managers stop both, the port closes."""
+    prefect = BIN / "prefect"
+    with pytest.raises(KeyboardInterrupt), running_server(
+        prefect, tmp_path / "home", tmp_path / "server.log", os.environ
+    ) as server, running_worker(
+        [str(prefect), "worker", "start", "--pool", "ctrl-c", "--type", "process"],
+        cwd=tmp_path,
+        env={**os.environ, **server.env()},
+        log=tmp_path / "worker.log",
+    ) as worker:
+        time.sleep(5)
+        raise KeyboardInterrupt
+    assert worker.poll() is not None, "the worker is still running"
+    assert server.process.poll() is not None, "the server is still running"
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{server.url}/api/health", timeout=5)
