@@ -33,7 +33,9 @@ format: $(STAMP) ## Format this repository's Python
 	@$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
 bench: $(STAMP) ## Run the benchmarks in bench/ and print their ratios
-	@$(BIN)/python -m bench.run $(BENCH_ARGS)
+	@$(BIN)/python -m bench.foundation_bench
+	@$(BIN)/python -m bench.concurrency_bench
+	@$(BIN)/python -m bench.fleet_bench
 
 clean: ## Remove the tool environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
