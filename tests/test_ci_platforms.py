@@ -39,6 +39,7 @@ CI_FILES = {
         ".github/workflows/ci.yml",
         ".github/workflows/deploy.yml",
         ".github/dependabot.yml",
+        ".github/renovate.json",
     ],
     "gitlab-ci": [".gitlab-ci.yml", "renovate.json"],
     "bitbucket-pipelines": ["bitbucket-pipelines.yml", "renovate.json"],
@@ -392,6 +393,16 @@ def check_renovate(repo: Path) -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", versions[0])
 
 
+def check_template_updates(repo: Path, platform: str) -> None:
+    """A Renovate file whose copier manager proposes template updates on every platform."""
+    (path,) = [p for p in CI_FILES[platform] if p.endswith("renovate.json")]
+    check_jsonschema(repo, "vendor.renovate", path)
+    config = json.loads((repo / path).read_text(encoding="utf-8"))
+    assert "copier" in config.get("enabledManagers", ["copier"]), path
+    rules = [r for r in config["packageRules"] if r.get("matchManagers") == ["copier"]]
+    assert rules and rules[0]["labels"] == ["template-update"], path
+
+
 VALIDATED: dict[str, Callable[[Path, Oracles, Path, bool], None]] = {
     "github-actions": check_github_actions,
     "gitlab-ci": check_gitlab_ci,
@@ -421,6 +432,7 @@ def check_platform(
     VALIDATED[platform](repo, tools, tmp_path, rules)
     if "renovate.json" in CI_FILES[platform]:
         check_renovate(repo)
+    check_template_updates(repo, platform)
     text = "\n".join((repo / path).read_text(encoding="utf-8") for path in CI_FILES[platform])
     image_built = "make image" in text
     assert image_built == (repo / "Dockerfile").is_file(), "CI builds an image iff one exists"
@@ -493,6 +505,7 @@ def test_every_ci_hook_renders_valid_ci(
     VALIDATED[platform](repo, oracles, tmp_path, False)
     if "renovate.json" in CI_FILES[platform]:
         check_renovate(repo)
+    check_template_updates(repo, platform)
     text = "\n".join((repo / path).read_text(encoding="utf-8") for path in CI_FILES[platform])
     assert "make image" in text
     if platform == "github-actions":

@@ -39,14 +39,16 @@ def test_default_pipeline_runs_to_completion_on_a_local_server(tmp_path: Path) -
 def test_ctrl_c_stops_the_worker_and_the_server(tmp_path: Path) -> None:
     """What `make demo` does on Ctrl-C: the context managers stop both, the port closes."""
     prefect = BIN / "prefect"
-    with pytest.raises(KeyboardInterrupt), running_server(
-        prefect, tmp_path / "home", tmp_path / "server.log", os.environ
-    ) as server, running_worker(
-        [str(prefect), "worker", "start", "--pool", "ctrl-c", "--type", "process"],
-        cwd=tmp_path,
-        env={**os.environ, **server.env()},
-        log=tmp_path / "worker.log",
-    ) as worker:
+    with (
+        pytest.raises(KeyboardInterrupt),
+        running_server(prefect, tmp_path / "home", tmp_path / "server.log", os.environ) as server,
+        running_worker(
+            [str(prefect), "worker", "start", "--pool", "ctrl-c", "--type", "process"],
+            cwd=tmp_path,
+            env={**os.environ, **server.env()},
+            log=tmp_path / "worker.log",
+        ) as worker,
+    ):
         time.sleep(5)
         raise KeyboardInterrupt
     assert worker.poll() is not None, "the worker is still running"
