@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.rendering import BIN, ROOT, render, run
-from tests.test_render import FOREIGN_TEMPLATING, PREFECT_TEMPLATE_FILES, generated_files
+from tests.test_render import template_leftovers, untidy
 
 QUESTIONS = yaml.safe_load((ROOT / "copier.yml").read_text(encoding="utf-8"))
 
@@ -36,17 +36,5 @@ def test_combination_is_ruff_clean_and_tidy(
     ruff = str(BIN / "ruff")
     run([ruff, "check", "--no-cache", "."], cwd=repo, env={})
     run([ruff, "format", "--no-cache", "--check", "."], cwd=repo, env={})
-    problems = []
-    for path in generated_files(repo):
-        if path.suffix == ".csv":
-            continue
-        text = path.read_text(encoding="utf-8")
-        name = str(path.relative_to(repo))
-        bare = "" if PREFECT_TEMPLATE_FILES.search(name) else FOREIGN_TEMPLATING.sub("", text)
-        if "{%" in bare or "%}" in bare or "{{" in bare:
-            problems.append(f"{name}: template syntax left")
-        if text and (not text.endswith("\n") or text.endswith("\n\n")):
-            problems.append(f"{name}: does not end with exactly one newline")
-        if "\n\n\n" in text and path.suffix != ".py":
-            problems.append(f"{name}: two blank lines in a row")
-    assert problems == []
+    assert template_leftovers(repo) == []
+    assert untidy(repo) == []
