@@ -134,5 +134,6 @@ def run_checks(repo: Path, *, pytest: bool = True) -> dict[str, str]:
     run([uv, "run", "ruff", "check", "--no-cache", "."], cwd=repo, env=env)
     run([uv, "run", "ruff", "format", "--no-cache", "--check", "."], cwd=repo, env=env)
     if pytest:
-        run([uv, "run", "pytest", "-q", "-p", "no:cacheprovider"], cwd=repo, env=env)
+        # A generated suite on Ray takes about 5 min on 2 busy cores: leave it room.
+        run([uv, "run", "pytest", "-q", "-p", "no:cacheprovider"], cwd=repo, env=env, timeout=1200)
     return env
