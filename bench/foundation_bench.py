@@ -73,6 +73,19 @@ def run_to_completion(server_api: str, name: str, timeout: float = 600) -> None:
         raise RuntimeError(f"{name} ended {state}")
 
 
+def run_on_worker(
+    prefect: Path, pool: str, deployment: str, cwd: Path, env: dict[str, str], api_url: str
+) -> None:
+    """Start a worker on the pool, run the deployment to Completed, stop the worker."""
+    with running_worker(
+        [str(prefect), "worker", "start", "--pool", pool],
+        cwd=cwd,
+        env=env,
+        log=cwd.parent / f"{pool}-worker.log",
+    ):
+        run_to_completion(api_url, deployment)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--copies", type=int, default=5)
@@ -103,13 +116,7 @@ def main() -> None:
                 cwd=repo,
                 env=run_env,
             )
-            with running_worker(
-                [str(prefect), "worker", "start", "--pool", "sales-etl-dev"],
-                cwd=repo,
-                env=run_env,
-                log=work / "worker.log",
-            ):
-                run_to_completion(server.api_url, "sales-etl/dev")
+            run_on_worker(prefect, "sales-etl-dev", "sales-etl/dev", repo, run_env, server.api_url)
             pipeline = setup + time.perf_counter() - start
 
             start = time.perf_counter()
@@ -129,13 +136,7 @@ def main() -> None:
                 cwd=floor_dir,
                 env=run_env,
             )
-            with running_worker(
-                [str(prefect), "worker", "start", "--pool", "floor"],
-                cwd=floor_dir,
-                env=run_env,
-                log=work / "floor-worker.log",
-            ):
-                run_to_completion(server.api_url, "floor/floor")
+            run_on_worker(prefect, "floor", "floor/floor", floor_dir, run_env, server.api_url)
             one_file = time.perf_counter() - start
         print(
             f"render to Completed: default pipeline {pipeline:.1f} s "

@@ -83,19 +83,14 @@ def _zero_day_or_month(expr: str) -> bool:
     )
 
 
+CRON_ALIASES = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+
+
 def expected_valid(expr: str) -> bool:
     """The oracle: croniter, minus the documented places where the macro is stricter."""
     if not croniter.is_valid(expr):
         return False
-    is_alias = expr.lower() in {
-        "@yearly",
-        "@annually",
-        "@monthly",
-        "@weekly",
-        "@daily",
-        "@midnight",
-        "@hourly",
-    }
+    is_alias = expr.lower() in CRON_ALIASES
     return is_alias or (len(expr.split()) == 5 and not _zero_day_or_month(expr))
 
 
