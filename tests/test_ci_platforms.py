@@ -58,6 +58,7 @@ ALL_HOOKS = """
 {% set ci_variables = ["PROJECT_DIR"] %}
 {% set ci_secrets = ["REGISTRY_PASSWORD"] %}
 {% set ci_oidc = true %}
+{% set ci_aws_role = "eu-west-1" %}
 """
 
 
@@ -332,7 +333,7 @@ def check_gitlab_ci(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> 
         assert job["environment"]["name"] == env
         assert job["resource_group"] == env
     assert pipeline[".reconcile"]["interruptible"] is False
-    assert pipeline[".reconcile"]["script"] == ['make deploy ENV="$CI_ENVIRONMENT_NAME"']
+    assert pipeline[".reconcile"]["script"][-1] == 'make deploy ENV="$CI_ENVIRONMENT_NAME"'
 
 
 def check_bitbucket_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> None:
@@ -518,13 +519,73 @@ def test_every_ci_hook_renders_valid_ci(
             env = job["steps"][-1]["env"]
             assert env["REGISTRY_PASSWORD"] == "${{ secrets.REGISTRY_PASSWORD }}"
             assert env["PROJECT_DIR"] == "${{ vars.PROJECT_DIR }}"
+            aws = job["steps"][-2]
+            assert aws["uses"].startswith("aws-actions/configure-aws-credentials@")
+            assert aws["with"] == {
+                "role-to-assume": "${{ vars.AWS_ROLE_ARN }}",
+                "aws-region": "eu-west-1",
+            }
         updates = load(repo, ".github/dependabot.yml")["updates"]
         assert "docker" in [update["package-ecosystem"] for update in updates]
+    if platform == "gitlab-ci":
+        reconcile = load(repo, ".gitlab-ci.yml")[".reconcile"]
+        assert reconcile["services"] == ["docker:28-dind"]
+        assert reconcile["variables"]["DOCKER_HOST"] == "tcp://docker:2376"
+        assert reconcile["id_tokens"] == {"AWS_ID_TOKEN": {"aud": "sts.amazonaws.com"}}
+        token_file = reconcile["variables"]["AWS_WEB_IDENTITY_TOKEN_FILE"]
+        assert not token_file.startswith("$CI_PROJECT_DIR")  # never in the image's context
+        assert (
+            reconcile["script"][0]
+            == 'printf \'%s\' "$AWS_ID_TOKEN" > "$AWS_WEB_IDENTITY_TOKEN_FILE"'
+        )
+        assert reconcile["script"][-1].startswith("make deploy")
     if platform == "bitbucket-pipelines":
         main = load(repo, "bitbucket-pipelines.yml")["pipelines"]["branches"]["main"]
-        assert all(item["step"]["oidc"] for item in main if "deployment" in item["step"])
+        deploys = [item["step"] for item in main if "deployment" in item["step"]]
+        assert deploys and all(step["oidc"] for step in deploys)
+        for step in deploys:
+            assert step["services"] == ["docker"]
+            assert any("$BITBUCKET_STEP_OIDC_TOKEN" in line for line in step["script"])
+            assert step["script"][-1].startswith("make deploy")
     if platform == "azure-pipelines":
         assert "REGISTRY_PASSWORD: $(REGISTRY_PASSWORD)" in text
+        assert "AWS_SECRET_ACCESS_KEY: $(AWS_SECRET_ACCESS_KEY)" in text
+
+
+# What `prefect deploy` substitutes for `{{ $NAME }}` in prefect.yaml; IMAGE_TAG comes from the
+# Makefile. A name no CI job provides would reach the deployment as the placeholder itself.
+DEPLOY_ENV_PLACEHOLDER = re.compile(r"\{\{ \$([A-Z_]+) \}\}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_deploy_jobs_provide_every_variable_prefect_yaml_reads(
+    platform: str, runtime: str, rendered: Callable[..., Path]
+) -> None:
+    answers = {"ci_platform": platform, "runtime": runtime}
+    if runtime == "ecs":
+        answers["image_registry"] = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
+    repo = rendered(**answers)
+    prefect_yaml = (repo / "prefect.yaml").read_text(encoding="utf-8")
+    needed = set(DEPLOY_ENV_PLACEHOLDER.findall(prefect_yaml)) - {"IMAGE_TAG"}
+    if runtime == "ecs":
+        assert "ECS_CLUSTER" in needed
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    ci_section = readme.split("### CI/CD", 1)[1].split("\n## ", 1)[0]
+    for name in sorted(needed):
+        assert f"`{name}`" in ci_section, f"the CI section never asks for {name}"
+    if platform == "github-actions":
+        deploy = load(repo, ".github/workflows/deploy.yml")
+        for job in deploy["jobs"].values():
+            if "steps" in job:
+                assert needed <= set(job["steps"][-1]["env"]), job
+    if runtime != "process":
+        # The push needs a registry login: a password, or for ECR a role CI assumes.
+        login = "AWS_ROLE_ARN" if runtime == "ecs" else "REGISTRY_PASSWORD"
+        if platform == "azure-pipelines" and runtime == "ecs":
+            login = "AWS_SECRET_ACCESS_KEY"
+        assert f"`{login}`" in ci_section
 
 
 Validator = Callable[[Path, Oracles, str], tuple[bool, str]]

@@ -4,14 +4,15 @@ Every runtime x task runner combination is rendered and checked offline against 
 Prefect's PrefectYamlModel and its step functions (resolved with importlib), each worker's own
 base job template and job configuration model (prefect-docker, prefect-kubernetes, prefect-aws),
 hadolint, kubernetes-validate, and the prefect-worker Helm chart's values schema
-(tests/schemas/). The slow tests install one repository per runtime and per task runner
-(docker+dask, kubernetes+ray, ecs+threads) and run its own ruff, pytest and ops validate.
+(tests/schemas/). The slow tests install every combination, each with a secret backend and a
+CI platform in rotation, and run its own ruff, pytest, ops validate and pre-commit hooks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import itertools
 import json
 import re
 import subprocess
@@ -25,11 +26,12 @@ import pytest
 import yaml
 from prefect.cli.deploy._models import PrefectYamlModel
 from prefect.server.schemas.actions import WorkPoolCreate
+from prefect.workers.process import ProcessWorker
 from prefect_aws.workers.ecs_worker import ECSWorker
 from prefect_docker.worker import DockerWorker
 from prefect_kubernetes.worker import KubernetesWorker
 
-from tests.rendering import BIN, ROOT, render, run, run_checks, sync
+from tests.rendering import BIN, ROOT, render, run, run_checks
 
 RUNTIMES = ["process", "docker", "kubernetes", "ecs"]
 CONTAINER_RUNTIMES = RUNTIMES[1:]
@@ -357,6 +359,29 @@ def test_makefile_builds_the_image_of_the_commit(rendered: Callable[..., Path]) 
     assert process.returncode != 0
 
 
+@pytest.mark.parametrize("runtime", CONTAINER_RUNTIMES)
+def test_deploy_logs_in_to_the_registry_before_it_pushes(
+    rendered: Callable[..., Path], runtime: str
+) -> None:
+    env = {"PATH": "/usr/bin:/bin", "IMAGE_TAG": "0123456789ab"}
+    dry = subprocess.run(
+        ["make", "-n", "deploy", "ENV=dev"],
+        cwd=rendered(runtime),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    commands = dry.stdout.splitlines()
+    login = commands.index(f"uv run python -m sales_etl.ops.registry_login {IMAGE}")
+    reconcile = commands.index("uv run python -m sales_etl.ops reconcile --env dev")
+    assert login < reconcile
+    process = subprocess.run(
+        ["make", "-n", "deploy"], cwd=rendered("process"), capture_output=True, text=True
+    )
+    assert "registry_login" not in process.stdout
+
+
 # --- Kubernetes ------------------------------------------------------------------------------
 
 
@@ -519,21 +544,57 @@ def test_invalid_image_answers_are_refused(
         )
 
 
-# --- Slow: one installed repository per runtime and per task runner ----------------------
+# --- Slow: every runtime x task runner, installed and checked ------------------------------
+
+QUESTIONS = yaml.safe_load((ROOT / "copier.yml").read_text(encoding="utf-8"))
+SECRET_BACKENDS = list(QUESTIONS["secret_backend"]["choices"].values())
+CI_PLATFORMS = list(QUESTIONS["ci_platform"]["choices"].values())
+
+
+def check_matrix() -> list[dict[str, str]]:
+    """Every runtime x task runner, each with a secret backend and a CI platform in rotation, so
+    every backend and platform is installed and checked too (with different runners, where
+    their tests meet Dask's and Ray's worker processes). The rotation starts one backend in, so
+    no entry repeats the default render that test_generated_default.py checks."""
+    combinations = itertools.product(RUNTIMES, TASK_RUNNERS)
+    return [
+        {
+            "runtime": runtime,
+            "task_runner": runner,
+            "secret_backend": SECRET_BACKENDS[(i + 1) % len(SECRET_BACKENDS)],
+            "ci_platform": CI_PLATFORMS[i % len(CI_PLATFORMS)],
+        }
+        for i, (runtime, runner) in enumerate(combinations)
+    ]
+
+
+def test_the_check_matrix_covers_every_choice() -> None:
+    assert list(QUESTIONS["runtime"]["choices"].values()) == RUNTIMES
+    assert list(QUESTIONS["task_runner"]["choices"].values()) == TASK_RUNNERS
+    matrix = check_matrix()
+    assert {(a["runtime"], a["task_runner"]) for a in matrix} == set(
+        itertools.product(RUNTIMES, TASK_RUNNERS)
+    )
+    assert {a["secret_backend"] for a in matrix} == set(SECRET_BACKENDS)
+    assert {a["ci_platform"] for a in matrix} == set(CI_PLATFORMS)
+    assert {"runtime": "process", "task_runner": "threads"} | {
+        "secret_backend": QUESTIONS["secret_backend"]["default"],
+        "ci_platform": QUESTIONS["ci_platform"]["default"],
+    } not in matrix
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("runtime", "task_runner"), [("docker", "dask"), ("kubernetes", "ray"), ("ecs", "threads")]
-)
+@pytest.mark.parametrize("answers", check_matrix(), ids=lambda a: "-".join(a.values()))
 def test_generated_repository_passes_its_own_checks(
-    rendered: Callable[..., Path], runtime: str, task_runner: str
+    template: Path, tmp_path: Path, answers: dict[str, str]
 ) -> None:
-    repo = rendered(runtime, task_runner)
-    run_checks(repo)  # ruff check, ruff format --check, pytest (the flow on the local runner)
-    env = sync(repo)
+    """What the repository's CI runs: ruff, pytest (the flow on its runner, with its secret
+    backend), `ops validate` and every pre-commit hook; then the work pool reconcile creates."""
+    repo = render(template, tmp_path / "sales-etl", answers)
+    env = run_checks(repo)
     uv = str(BIN / "uv")
     run([uv, "run", "python", "-m", "sales_etl.ops", "validate"], cwd=repo, env=env)
+    run([uv, "run", "pre-commit", "run", "--all-files"], cwd=repo, env=env)
     state = run(
         [
             uv,
@@ -548,8 +609,10 @@ def test_generated_repository_passes_its_own_checks(
     )
     pools = json.loads(state.strip().splitlines()[-1])
     assert set(pools) == {"sales-etl-dev"}
+    runtime = answers["runtime"]
     if runtime == "ecs":
-        template = json.loads((repo / "deploy" / "ecs-base-job-template.json").read_text())
-        assert pools["sales-etl-dev"] == template
+        template_file = json.loads((repo / "deploy" / "ecs-base-job-template.json").read_text())
+        assert pools["sales-etl-dev"] == template_file
     else:
-        assert pools["sales-etl-dev"] == WORKERS[runtime].get_default_base_job_template()
+        worker = WORKERS.get(runtime, ProcessWorker)
+        assert pools["sales-etl-dev"] == worker.get_default_base_job_template()

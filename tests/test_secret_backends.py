@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.rendering import BIN, ROOT, render, run_checks
+from tests.rendering import BIN, ROOT, render
 
 BACKENDS = [
     "env",
@@ -221,10 +221,6 @@ def test_detect_secrets_catches_a_planted_key(tmp_path: Path) -> None:
     assert json.loads(scan.stdout)["results"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "env"])
-def test_backend_repo_passes_ruff_and_its_own_tests(
-    template: Path, tmp_path: Path, backend: str
-) -> None:
-    # env is the default: test_generated_default.py runs it.
-    run_checks(render(template, tmp_path / "repo", {"secret_backend": backend}))
+# Each backend's repository is installed and passes its own checks in
+# tests/test_runtimes.py::test_generated_repository_passes_its_own_checks, paired with a runtime
+# and task runner, so its flow tests also run on Dask's and Ray's worker processes.
