@@ -62,6 +62,18 @@ def update(repo: Path, ref: str = "HEAD") -> None:
     )
 
 
+def seed_files(repo: Path) -> dict[str, bytes]:
+    """The files under the paths copier.yml excludes from updates, by path."""
+    package = answers_of(repo)["package_name"]
+    roots = [repo / "src" / package / "flows", repo / "tests" / "flows", repo / "data"]
+    return {
+        str(path.relative_to(repo)): path.read_bytes()
+        for root in roots
+        for path in root.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+
+
 def make_team_edits(repo: Path) -> dict[str, str]:
     """The edits a team makes in its first weeks; returns path -> text that must survive."""
     package = answers_of(repo)["package_name"]
@@ -110,15 +122,21 @@ def test_update_from_a_release_keeps_team_edits_and_brings_template_changes(
     answers = ANSWER_SETS[answer_set]
     repo = copy_at(tagged, tag, tmp_path / "repo", answers)
     survivors = make_team_edits(repo)
+    seeds = seed_files(repo)
 
     update(repo)
 
     assert find_conflicts(repo) == []
     for path, text in survivors.items():
         assert text in (repo / path).read_text(), f"team edit lost in {path}"
-    # Every file the team did not touch is what a fresh render at HEAD gives.
+    # The seed files (flows, their tests, data) are the team's after the first render: an update
+    # never touches them, even where the template's own copy has changed since.
+    after = seed_files(repo)
+    assert {path: after.get(path) for path in seeds} == seeds
+    # Every other file the team did not touch is what a fresh render at HEAD gives (a seed file
+    # a migration adds included).
     fresh = render(tagged, tmp_path / "fresh", answers, vcs_ref="HEAD")
-    team_owned = set(survivors) | {".copier-answers.yml"}
+    team_owned = set(survivors) | set(seeds) | {".copier-answers.yml"}
     differing = [
         str(path.relative_to(fresh))
         for path in fresh.rglob("*")
