@@ -567,8 +567,9 @@ def check_matrix() -> list[dict[str, str]]:
     ]
 
 
-# pre-commit once per runtime and per CI platform (the entries on threads): its hooks differ by
-# those answers only, and the files they check are validated offline for every combination.
+# pre-commit and `ops validate` once per runtime and per CI platform (the entries on threads):
+# they read only what those answers change, and every combination's prefect.yaml and CI files
+# are also validated offline above.
 PRECOMMIT_RUNNER = "threads"
 
 # `ops validate`, then the work pools reconcile would create in dev, in one interpreter.
@@ -606,13 +607,14 @@ def test_the_check_matrix_covers_every_choice() -> None:
 def test_generated_repository_passes_its_own_checks(
     template: Path, tmp_path: Path, answers: dict[str, str]
 ) -> None:
-    """What the repository's CI runs: ruff, pytest (the flow on its runner, with its secret
-    backend) and pre-commit; then `ops validate` and the work pool reconcile would create."""
+    """What the repository's CI runs: ruff and pytest (the flow on its runner, with its secret
+    backend); on threads also pre-commit, `ops validate` and the work pool reconcile creates."""
     repo = render(template, tmp_path / "sales-etl", answers)
     env = run_checks(repo)
     uv = str(BIN / "uv")
-    if answers["task_runner"] == PRECOMMIT_RUNNER:
-        run([uv, "run", "pre-commit", "run", "--all-files"], cwd=repo, env=env)
+    if answers["task_runner"] != PRECOMMIT_RUNNER:
+        return
+    run([uv, "run", "pre-commit", "run", "--all-files"], cwd=repo, env=env)
     state = run([uv, "run", "python", "-c", VALIDATE_AND_READ_POOLS], cwd=repo, env=env)
     pools = json.loads(state.strip().splitlines()[-1])
     assert set(pools) == {"sales-etl-dev"}

@@ -147,9 +147,10 @@ def test_update_from_a_release_keeps_team_edits_and_brings_template_changes(
     assert differing == []
     git("add", "-A", cwd=repo)
     git("commit", "-q", "-m", "Update from the template", cwd=repo)
-    # The updated repository's own checks, once per release: the other answer set differs only
-    # in rendered values, which the comparison with a fresh render above already covers.
-    if answer_set == "two-environments":
+    # The updated repository's own checks, once: from the oldest release (the longest way, with
+    # its migration). Every other update ends as the same fresh render plus the team's files,
+    # which the comparisons above check, and tests/test_runtimes.py runs a fresh render's checks.
+    if answer_set == "two-environments" and tag == next(iter(RELEASES)):
         run_checks(repo)
 
 
