@@ -7,6 +7,7 @@ uncommitted change is tested as it stands and copier never sees a dirty template
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import copier
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -25,6 +27,19 @@ GIT_IDENTITY = {
     "GIT_COMMITTER_NAME": "copier-prefect tests",
     "GIT_COMMITTER_EMAIL": "tests@copier-prefect.invalid",
 }
+# copier.yml's questions: tests derive the choices they cover from it, so a new choice is
+# covered (or fails a coverage test) without editing them.
+QUESTIONS = yaml.safe_load((ROOT / "copier.yml").read_text(encoding="utf-8"))
+# What `prefect deploy` substitutes in prefect.yaml from the deploying environment: `{{ $NAME }}`.
+DEPLOY_ENV_PLACEHOLDER = re.compile(r"\{\{ \$([A-Z_]+) \}\}")
+
+
+def choices(question: str) -> list[str]:
+    """The values a question offers, in copier.yml's order."""
+    offered = QUESTIONS[question]["choices"]
+    return list(offered.values()) if isinstance(offered, dict) else list(offered)
+
+
 SNAPSHOT_IGNORES = shutil.ignore_patterns(
     ".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", "node_modules", "demo"
 )
@@ -109,8 +124,6 @@ def run(args: list[str], cwd: Path, env: Mapping[str, str], timeout: float = 600
 
 
 def answers_of(repo: Path) -> dict[str, Any]:
-    import yaml
-
     return yaml.safe_load((repo / ".copier-answers.yml").read_text())
 
 

@@ -26,12 +26,22 @@ import yaml
 from check_jsonschema.cli.main_command import main as check_jsonschema_main
 from click.testing import CliRunner
 
-from tests.rendering import BIN, ROOT, answers_of, git, render, run, snapshot_template
+from tests.rendering import (
+    BIN,
+    DEPLOY_ENV_PLACEHOLDER,
+    QUESTIONS,
+    ROOT,
+    answers_of,
+    choices,
+    git,
+    render,
+    run,
+    snapshot_template,
+)
 
-COPIER = yaml.safe_load((ROOT / "copier.yml").read_text(encoding="utf-8"))
-PLATFORMS = list(COPIER["ci_platform"]["choices"].values())
-RUNTIMES = list(COPIER["runtime"]["choices"].values())
-SECRET_BACKENDS = list(COPIER["secret_backend"]["choices"].values())
+PLATFORMS = choices("ci_platform")
+RUNTIMES = choices("runtime")
+SECRET_BACKENDS = choices("secret_backend")
 
 # The files each platform renders, and no other platform does.
 CI_FILES = {
@@ -456,7 +466,7 @@ def test_platform_renders_valid_ci(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("runtime", [r for r in RUNTIMES if r != COPIER["runtime"]["default"]])
+@pytest.mark.parametrize("runtime", [r for r in RUNTIMES if r != QUESTIONS["runtime"]["default"]])
 @pytest.mark.parametrize("platform", PLATFORMS)
 def test_platform_and_runtime_render_valid_ci(
     platform: str, runtime: str, rendered: Callable[..., Path], oracles: Oracles, tmp_path: Path
@@ -552,17 +562,14 @@ def test_every_ci_hook_renders_valid_ci(
         assert "AWS_SECRET_ACCESS_KEY: $(AWS_SECRET_ACCESS_KEY)" in text
 
 
-# What `prefect deploy` substitutes for `{{ $NAME }}` in prefect.yaml; IMAGE_TAG comes from the
-# Makefile. A name no CI job provides would reach the deployment as the placeholder itself.
-DEPLOY_ENV_PLACEHOLDER = re.compile(r"\{\{ \$([A-Z_]+) \}\}")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("platform", PLATFORMS)
 def test_deploy_jobs_provide_every_variable_prefect_yaml_reads(
     platform: str, runtime: str, rendered: Callable[..., Path]
 ) -> None:
+    """IMAGE_TAG comes from the Makefile; any other `{{ $NAME }}` no deploy job provides would
+    reach the deployment as the placeholder itself."""
     answers = {"ci_platform": platform, "runtime": runtime}
     if runtime == "ecs":
         answers["image_registry"] = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"

@@ -7,18 +7,9 @@ import itertools
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.rendering import BIN, ROOT, render, run
+from tests.rendering import BIN, choices, render, run
 from tests.test_render import template_leftovers, untidy
-
-QUESTIONS = yaml.safe_load((ROOT / "copier.yml").read_text(encoding="utf-8"))
-
-
-def choices(question: str) -> list[str]:
-    offered = QUESTIONS[question]["choices"]
-    return list(offered.values()) if isinstance(offered, dict) else list(offered)
-
 
 COMBINATIONS = [
     {"runtime": runtime, "task_runner": runner}

@@ -31,7 +31,16 @@ from prefect_aws.workers.ecs_worker import ECSWorker
 from prefect_docker.worker import DockerWorker
 from prefect_kubernetes.worker import KubernetesWorker
 
-from tests.rendering import BIN, ROOT, render, run, run_checks
+from tests.rendering import (
+    BIN,
+    DEPLOY_ENV_PLACEHOLDER,
+    QUESTIONS,
+    ROOT,
+    choices,
+    render,
+    run,
+    run_checks,
+)
 
 RUNTIMES = ["process", "docker", "kubernetes", "ecs"]
 CONTAINER_RUNTIMES = RUNTIMES[1:]
@@ -50,8 +59,6 @@ RUNNERS = {
 ENVIRONMENTS = ["dev", "staging", "prod"]
 IMAGE = "registry.example.com/pipelines/sales-etl"
 CHART_SCHEMA = ROOT / "tests" / "schemas" / "prefect-worker-chart-values.schema.json"
-# What a deploy would substitute for `{{ $VAR }}`: a placeholder left in place is a bug.
-DEPLOY_ENV_PLACEHOLDER = re.compile(r"\{\{ \$([A-Z_]+) \}\}")
 SECRET_WORDS = re.compile(r"SECRET|PASSWORD|TOKEN|DSN|API_KEY|CREDENTIAL", re.IGNORECASE)
 
 
@@ -546,9 +553,8 @@ def test_invalid_image_answers_are_refused(
 
 # --- Slow: every runtime x task runner, installed and checked ------------------------------
 
-QUESTIONS = yaml.safe_load((ROOT / "copier.yml").read_text(encoding="utf-8"))
-SECRET_BACKENDS = list(QUESTIONS["secret_backend"]["choices"].values())
-CI_PLATFORMS = list(QUESTIONS["ci_platform"]["choices"].values())
+SECRET_BACKENDS = choices("secret_backend")
+CI_PLATFORMS = choices("ci_platform")
 
 
 def check_matrix() -> list[dict[str, str]]:
@@ -587,8 +593,8 @@ print(json.dumps(read_state("dev", Path.cwd()).work_pools))
 
 
 def test_the_check_matrix_covers_every_choice() -> None:
-    assert list(QUESTIONS["runtime"]["choices"].values()) == RUNTIMES
-    assert list(QUESTIONS["task_runner"]["choices"].values()) == TASK_RUNNERS
+    assert choices("runtime") == RUNTIMES
+    assert choices("task_runner") == TASK_RUNNERS
     matrix = check_matrix()
     assert {(a["runtime"], a["task_runner"]) for a in matrix} == set(
         itertools.product(RUNTIMES, TASK_RUNNERS)
