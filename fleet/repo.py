@@ -40,6 +40,9 @@ def git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
         stdin=subprocess.DEVNULL,
         env=subprocess_env(),
         check=False,
+        # Out of the terminal's process group: Ctrl-C reaches the fleet, which lets a running
+        # git command finish (they are short) instead of leaving a half-written index.lock.
+        start_new_session=True,
     )
     if check and proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip()
