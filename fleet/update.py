@@ -18,7 +18,7 @@ from fleet import repo as g
 from fleet import safety
 from fleet.interrupt import Interrupted, Stopper
 from fleet.push import push_branch
-from fleet.report import Checks, RepoResult, Status
+from fleet.report import Checks, RepoResult, Status, prepare_dir
 from fleet.worker import CopierWorker, WorkerPool
 
 TAIL_LINES = 60
@@ -90,8 +90,9 @@ def run_fleet(
     """
     stopper = stopper or Stopper()
     size = max(1, min(jobs, len(repos)))
+    prepare_dir(options.report_dir)  # git-ignored before anything is written into it
     logs = options.report_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(exist_ok=True)
     env = _copier_env(options.report_dir / ".pycache")
     pool = WorkerPool(
         size, lambda n: CopierWorker(env, logs / f"copier-worker-{os.getpid()}-{n}.log", stopper)

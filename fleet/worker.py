@@ -30,6 +30,8 @@ from typing import Any
 
 from fleet.interrupt import Interrupted, Stopper
 
+_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
 
 def _share_compiled_templates() -> None:
     """Memoise jinja2's compile step on the source and everything that shapes the code."""
@@ -124,6 +126,7 @@ class CopierWorker:
         self._stopper = stopper
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fleet.worker"],
+            cwd=_PACKAGE_ROOT,  # importable wherever the fleet itself was started from
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
