@@ -2,7 +2,7 @@
 
 Reads the answers file and git only: nothing is rendered, nothing is written (git runs with
 GIT_OPTIONAL_LOCKS=0, so not even the index's stat cache is refreshed). Releases are the
-template's tags that look like versions (`v1.2.3` or `1.2.3`), read with one `git ls-remote`
+template's tags that look like versions (`v1.2.3`, `1.2.3`, `v2`), read with one `git ls-remote`
 per template source.
 """
 
@@ -22,7 +22,7 @@ from fleet import safety
 
 UPDATE_BRANCH_PREFIX = "template-update/"
 ANSWER_KEYS = ("runtime", "secret_backend", "ci_platform")
-_RELEASE = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)$")
+_RELEASE = re.compile(r"^v?\d+(?:\.\d+)*$")
 _DESCRIBED = re.compile(r"^(?P<tag>.+)-(?P<ahead>\d+)-g[0-9a-f]+$")
 
 
@@ -44,7 +44,7 @@ class RepoStatus:
 def releases(refs: dict[str, str]) -> list[str]:
     """Version-like tags, oldest first."""
     found = {name for name in refs if _RELEASE.match(name)}
-    return sorted(found, key=lambda name: tuple(int(x) for x in _RELEASE.match(name).groups()))
+    return sorted(found, key=lambda name: tuple(int(x) for x in name.lstrip("v").split(".")))
 
 
 def behind(commit: str, ordered: list[str]) -> int | None:

@@ -37,6 +37,16 @@ project_name:
 owner:
   type: str
   default: data-team
+# The answers `fleet status` lists, as copier-prefect asks them.
+runtime:
+  type: str
+  default: process
+secret_backend:
+  type: str
+  default: env
+ci_platform:
+  type: str
+  default: github-actions
 """
 _ANSWERS = """\
 # Changes here will be overwritten by Copier; NEVER EDIT MANUALLY
