@@ -56,6 +56,10 @@ def _share_compiled_templates() -> None:
         key = (source, name, raw, defer_init, _signature(self))
         if key not in cache:
             cache[key] = original(self, source, name, filename, raw, defer_init)
+        else:
+            # Extensions may keep state that their preprocess hook resets on every parse
+            # (copier's `yield` tag does): run the hooks, skip only the costly parse and codegen.
+            self.preprocess(source, name, filename)
         return cache[key]
 
     jinja2.Environment.compile = compile_once  # type: ignore[method-assign]
