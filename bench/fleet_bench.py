@@ -24,7 +24,6 @@ import argparse
 import difflib
 import json
 import os
-import re
 import resource
 import shutil
 import statistics
@@ -34,8 +33,6 @@ import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
-
-import yaml
 
 from bench import release
 from fleet import repo as g
@@ -50,14 +47,6 @@ RELEASE_VARY = {
     "secret_backend": ["env", "prefect", "vault"],
     "ci_platform": ["github-actions", "gitlab-ci", "bitbucket-pipelines", "azure-pipelines"],
 }
-TEAM_NOTE = "\nOn-call for this pipeline: the data platform rota (team wiki).\n"
-TEAM_TARGET = "\nbackfill: ## Re-run last week\n\tuv run python -m scripts.backfill\n"
-TEAM_CI_STEP = "\nci-extra:: ## Smoke-test the flow\n\tuv run python -c 'print(1)'\n"
-TEAM_FLOW = (
-    '"""A flow the team added."""\n\nfrom prefect import flow\n\n\n'
-    "@flow\ndef team() -> int:\n    return 1\n"
-)
-TEAM_TEST = "def test_team() -> None:\n    assert 1 + 1 == 2\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,7 +171,7 @@ def _render_fleet(
         )
         answers[repo.name] = data
         if args.release:
-            _typical_team_edits(repo)
+            release.typical_team_edits(repo)
         elif i % 5 in (1, 2):
             _edit_elsewhere(repo)
         if i % 5 == 0:
@@ -192,24 +181,6 @@ def _render_fleet(
             _edit_a_changed_line(repo, newer)
         repos.append(repo)
     return repos, answers
-
-
-def _typical_team_edits(repo: Path) -> None:
-    """What teams do in the places the README offers them; none may conflict with a release."""
-    answers = yaml.safe_load((repo / g.ANSWERS_FILE).read_text())
-    package, env = answers["package_name"], answers["environments"][0]
-    readme = repo / "README.md"
-    readme.write_text(readme.read_text() + TEAM_NOTE)
-    team_mk = repo / "team.mk"
-    team_mk.write_text(
-        (team_mk.read_text() if team_mk.exists() else "") + TEAM_TARGET + TEAM_CI_STEP
-    )
-    (repo / "src" / package / "flows" / "team_flow.py").write_text(TEAM_FLOW)
-    (repo / "tests" / "test_team.py").write_text(TEAM_TEST)
-    config = repo / "config" / f"{env}.yaml"
-    config.write_text(re.sub(r"batch_size: \d+", "batch_size: 75", config.read_text()))
-    fx.run_git(repo, "add", "-A")
-    fx.run_git(repo, "commit", "--quiet", "-m", "team: the usual edits")
 
 
 def _edit_a_changed_line(repo: Path, newer: Path) -> None:

@@ -13,6 +13,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import yaml
+
+from fleet import testing as fx
 from tests.history import tagged_template
 from tests.rendering import git
 
@@ -20,6 +23,14 @@ OLD, NEW = "v99.0.0", "v99.1.0"
 TEAM_HEADING = "## Team notes"
 _PROSE = re.compile(r"^[A-Za-z`*]")
 _TARGET = re.compile(r"^([a-z-]+):[^=]*## (.+)$")
+TEAM_NOTE = "\nOn-call for this pipeline: the data platform rota (team wiki).\n"
+TEAM_TARGET = "\nbackfill: ## Re-run last week\n\tuv run python -m scripts.backfill\n"
+TEAM_CI_STEP = "\nci-extra:: ## Smoke-test the flow\n\tuv run python -c 'print(1)'\n"
+TEAM_FLOW = (
+    '"""A flow the team added."""\n\nfrom prefect import flow\n\n\n'
+    "@flow\ndef team() -> int:\n    return 1\n"
+)
+TEAM_TEST = "def test_team() -> None:\n    assert 1 + 1 == 2\n"
 CI_FILES = (
     "{% if ci_platform == 'github-actions' %}.github{% endif %}/workflows/ci.yml.jinja",
     "{% if ci_platform == 'gitlab-ci' %}.gitlab-ci.yml{% endif %}.jinja",
@@ -81,3 +92,21 @@ def revise_ci(path: Path) -> int:
     count = text.count("--show-diff-on-failure")
     path.write_text(text.replace("--show-diff-on-failure", "--show-diff-on-failure --color=always"))
     return count
+
+
+def typical_team_edits(repo: Path) -> None:
+    """What teams do in the places the README offers them; none may conflict with a release."""
+    answers = yaml.safe_load((repo / ".copier-answers.yml").read_text())
+    package, env = answers["package_name"], answers["environments"][0]
+    readme = repo / "README.md"
+    readme.write_text(readme.read_text() + TEAM_NOTE)
+    team_mk = repo / "team.mk"
+    team_mk.write_text(
+        (team_mk.read_text() if team_mk.exists() else "") + TEAM_TARGET + TEAM_CI_STEP
+    )
+    (repo / "src" / package / "flows" / "team_flow.py").write_text(TEAM_FLOW)
+    (repo / "tests" / "test_team.py").write_text(TEAM_TEST)
+    config = repo / "config" / f"{env}.yaml"
+    config.write_text(re.sub(r"batch_size: \d+", "batch_size: 75", config.read_text()))
+    fx.run_git(repo, "add", "-A")
+    fx.run_git(repo, "commit", "--quiet", "-m", "team: the usual edits")
