@@ -34,6 +34,7 @@ from prefect_kubernetes.worker import KubernetesWorker
 from tests.rendering import (
     BIN,
     DEPLOY_ENV_PLACEHOLDER,
+    SET_WHEN_DEPLOYING,
     QUESTIONS,
     ROOT,
     choices,
@@ -494,7 +495,7 @@ def test_ecs_deploy_reads_the_environments_aws_identifiers(rendered: Callable[..
     repo = rendered("ecs")
     readme = (repo / "README.md").read_text()
     text = (repo / "prefect.yaml").read_text()
-    for name in sorted(set(DEPLOY_ENV_PLACEHOLDER.findall(text)) - {"IMAGE_TAG"}):
+    for name in sorted(set(DEPLOY_ENV_PLACEHOLDER.findall(text)) - SET_WHEN_DEPLOYING):
         assert f"| `{name}` |" in readme, f"{name} is not documented in README.md"
     assert "arn:aws" not in text and "subnet-" not in text  # no account in the repository
 
