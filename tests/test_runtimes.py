@@ -382,7 +382,9 @@ def test_deploy_logs_in_to_the_registry_before_it_pushes(
     )
     commands = dry.stdout.splitlines()
     login = commands.index(f"uv run python -m sales_etl.ops.registry_login {IMAGE}")
-    reconcile = commands.index("uv run python -m sales_etl.ops reconcile --env dev")
+    reconcile = commands.index(
+        "uv run python -m sales_etl.ops.promote --env dev --default-branch main"
+    )
     assert login < reconcile
     process = subprocess.run(
         ["make", "-n", "deploy"], cwd=rendered("process"), capture_output=True, text=True

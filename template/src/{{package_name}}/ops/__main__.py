@@ -50,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.dry_run:
             with deploy_environment(args.root):
-                preflight(state, get_current_settings().api.url, prebuilt_image=args.prebuilt_image)
+                preflight(
+                    state,
+                    get_current_settings().api.url,
+                    prebuilt_image=args.prebuilt_image,
+                    root=args.root,
+                )
         reconcile(
             state,
             args.root,

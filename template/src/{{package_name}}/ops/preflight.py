@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +23,7 @@ import httpx
 from .._internal.config import ConfigError
 from .state import DesiredState
 from .unexpanded import unexpanded
+from .versions import dirty_files
 
 # `prefect deploy` fills these from the deploying environment (prefect/utilities/templating.py).
 DEPLOY_PLACEHOLDER = re.compile(r"\{\{\s*\$([\w.-]+)\s*\}\}")
@@ -99,17 +101,32 @@ def check_api(url: str | None, *, timeout: float = 15.0) -> None:
         ) from None
 
 
+def build_problems(state: DesiredState, root: Path) -> list[str]:
+    """An image built now must be its commit's: prefect deploy would build the working tree."""
+    if not state.project_file.get("build"):
+        return []
+    if dirty := dirty_files(root):
+        return [
+            f"the working tree differs from HEAD ({', '.join(dirty[:5])}), and prefect deploy "
+            "would build the image from it under HEAD's tag: commit or stash first"
+        ]
+    return []
+
+
 def preflight(
     state: DesiredState,
     api_url: str | None,
     *,
     prebuilt_image: bool,
+    root: Path | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> None:
     """Raise ConfigError naming every problem; return when the deploy may go ahead."""
     environ = os.environ if environ is None else environ
     check_api(api_url)
     problems = free_text_problems(state)
+    if root is not None and not prebuilt_image:
+        problems += build_problems(state, root)
     problems += variable_problems(deploy_variables(state, prebuilt_image=prebuilt_image), environ)
     for name in API_VARIABLES:
         if problem := unexpanded(name, environ.get(name, "")):
