@@ -29,9 +29,9 @@ from click.testing import CliRunner
 from tests.rendering import (
     BIN,
     DEPLOY_ENV_PLACEHOLDER,
-    SET_WHEN_DEPLOYING,
     QUESTIONS,
     ROOT,
+    SET_WHEN_DEPLOYING,
     answers_of,
     choices,
     git,

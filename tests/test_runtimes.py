@@ -34,9 +34,9 @@ from prefect_kubernetes.worker import KubernetesWorker
 from tests.rendering import (
     BIN,
     DEPLOY_ENV_PLACEHOLDER,
-    SET_WHEN_DEPLOYING,
     QUESTIONS,
     ROOT,
+    SET_WHEN_DEPLOYING,
     choices,
     render,
     run,
