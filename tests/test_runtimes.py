@@ -36,6 +36,7 @@ from tests.rendering import (
     DEPLOY_ENV_PLACEHOLDER,
     QUESTIONS,
     ROOT,
+    SET_WHEN_DEPLOYING,
     choices,
     render,
     run,
@@ -381,7 +382,9 @@ def test_deploy_logs_in_to_the_registry_before_it_pushes(
     )
     commands = dry.stdout.splitlines()
     login = commands.index(f"uv run python -m sales_etl.ops.registry_login {IMAGE}")
-    reconcile = commands.index("uv run python -m sales_etl.ops reconcile --env dev")
+    reconcile = commands.index(
+        "uv run python -m sales_etl.ops.promote --env dev --default-branch main"
+    )
     assert login < reconcile
     process = subprocess.run(
         ["make", "-n", "deploy"], cwd=rendered("process"), capture_output=True, text=True
@@ -494,7 +497,7 @@ def test_ecs_deploy_reads_the_environments_aws_identifiers(rendered: Callable[..
     repo = rendered("ecs")
     readme = (repo / "README.md").read_text()
     text = (repo / "prefect.yaml").read_text()
-    for name in sorted(set(DEPLOY_ENV_PLACEHOLDER.findall(text)) - {"IMAGE_TAG"}):
+    for name in sorted(set(DEPLOY_ENV_PLACEHOLDER.findall(text)) - SET_WHEN_DEPLOYING):
         assert f"| `{name}` |" in readme, f"{name} is not documented in README.md"
     assert "arn:aws" not in text and "subnet-" not in text  # no account in the repository
 
