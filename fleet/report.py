@@ -65,7 +65,8 @@ def prepare_dir(directory: Path) -> None:
     """Create the report folder, ignored by git from inside (it may sit in a fleet repo)."""
     directory.mkdir(parents=True, exist_ok=True)
     ignore = directory / ".gitignore"
-    if not ignore.exists():
+    # Never in a repository's own top level (`--report .`): `*` there would hide the repository.
+    if not ignore.exists() and not (directory / ".git").exists():
         # `*` ignores the folder itself too: a run from inside a repository it updates (the
         # default folder is ./fleet-report) must not make that repository dirty next time.
         ignore.write_text("# Written by python -m fleet: reports, logs, clones.\n*\n")

@@ -66,7 +66,10 @@ def repo_status(spec: str, resolver: g.RefResolver, template: str | None) -> Rep
 
 
 def _fill(status: RepoStatus, path: Path, resolver: g.RefResolver, template: str | None) -> None:
-    top = g.toplevel(path) if path.is_dir() else None
+    if not path.is_dir():
+        status.error = f"no such directory: {path}"
+        return
+    top = g.toplevel(path)
     if top is None:
         status.error = "not a git repository"
         return

@@ -121,6 +121,9 @@ def update_repo(spec: str, ctx: Context) -> RepoResult:
             result.message = "not started: the run was interrupted; a rerun updates it"
         else:
             result.status = _update(spec, ctx, result)
+    except Interrupted:
+        result.status = Status.INTERRUPTED
+        result.message = "stopped before its update began: unchanged; a rerun updates it"
     except Exception as exc:
         result.status = Status.ERROR
         result.message = result.message or f"{type(exc).__name__}: {exc}"

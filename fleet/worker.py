@@ -4,7 +4,12 @@ A `copier update` process per repository spends a large share of its time import
 compiling the template's Jinja sources (three renders per update, each compiling every file
 again: old version, new version, and the questions). A worker keeps both for the whole run:
 copier is imported once, and compiled templates are memoised by source text across renders
-(`_share_compiled_templates`), so each distinct template file is compiled once per worker.
+(`_share_compiled_templates`), so each distinct template file is compiled once per worker;
+copier.yml is parsed once per distinct content (`_share_template_configs`), each template ref
+is cloned once and copied for later renders (`_reuse_clones`), and the per-file
+`git config core.fileMode` lookups become one per update (`_skip_file_mode_lookups`). These
+patch copier's private functions, which is why copier is pinned (pyproject.toml); the bench
+checks that the fleet's trees equal the loop's, byte for byte.
 
 Why processes and not threads: copier changes the process-wide working directory and
 environment while it works, so two updates can never share a process at the same time. One
@@ -18,10 +23,13 @@ the fleet points at a log file and quotes on failure.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -65,6 +73,92 @@ def _share_compiled_templates() -> None:
     jinja2.Environment.compile = compile_once  # type: ignore[method-assign]
 
 
+def _share_template_configs() -> None:
+    """Parse each distinct copier.yml once: copier reloads it for every render (four times an
+    update), in pure-Python YAML. Callers get a deep copy, so nothing they change is shared."""
+    from copier import _template
+
+    original = _template.load_template_config
+    cache: dict[bytes, Any] = {}
+
+    def load_once(conf_path: Path, quiet: bool = False) -> Any:  # noqa: ANN401
+        text = conf_path.read_bytes()
+        if b"!include" in text:  # its result depends on other files too
+            return original(conf_path, quiet)
+        if text not in cache:
+            cache[text] = original(conf_path, quiet)
+        return copy.deepcopy(cache[text])
+
+    _template.load_template_config = load_once
+
+
+def _reuse_clones(scratch: Path) -> None:
+    """Clone each template ref once per worker; later renders get a copy of that clone.
+
+    copier clones the template afresh for every render (five clones an update, each about ten
+    git processes); a copy of a finished clone is the same repository for a few syscalls.
+    `HEAD` is never reused: for a local template copier folds uncommitted changes into it.
+    """
+    from copier import _template
+
+    original = _template.clone
+    clones: dict[tuple[str, str], Path] = {}
+    lock = threading.Lock()
+
+    def clone_once(url: str, ref: str = "HEAD", location: str | None = None) -> str:
+        if ref == "HEAD" or location is None:
+            return original(url, ref, location)
+        with lock:
+            if (url, ref) not in clones:
+                pristine = scratch / f"clone-{len(clones)}"
+                pristine.mkdir()
+                original(url, ref, str(pristine))
+                clones[url, ref] = pristine
+        # Hard links: copier only reads a template clone, and git never rewrites an object.
+        shutil.copytree(
+            clones[url, ref], location, symlinks=True, dirs_exist_ok=True, copy_function=_link
+        )
+        return location
+
+    _template.clone = clone_once
+
+
+def _link(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system
+        shutil.copy2(src, dst)
+
+
+def _skip_file_mode_lookups(per_job: dict[str, str | None]) -> None:
+    """Ask git for a destination's core.fileMode once per update, not once per rendered file.
+
+    copier runs `git config core.fileMode` after writing each file (for Windows-style
+    checkouts, where it must fix the index's executable bits); that is about 80 processes per
+    update. The answer is read once per destination and job, and the original method (which
+    does the real work) only runs when the setting is `false`.
+    """
+    from copier import _main
+
+    original = _main.Worker._sync_git_index_executable_bit
+
+    def sync_if_needed(self: Any, dst_relpath: Path, src_mode: int) -> None:  # noqa: ANN401
+        root = str(self.subproject.local_abspath)
+        if root not in per_job:
+            proc = subprocess.run(
+                ["git", "config", "--type=bool", "--get", "core.fileMode"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            per_job[root] = proc.stdout.strip() if proc.returncode == 0 else None
+        if per_job[root] == "false":
+            original(self, dst_relpath, src_mode)
+
+    _main.Worker._sync_git_index_executable_bit = sync_if_needed
+
+
 def _signature(env: Any) -> tuple[Any, ...]:  # noqa: ANN401
     return (
         type(env),
@@ -94,11 +188,17 @@ def serve() -> int:
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # copier's and its migrations' output must not corrupt the replies
     _share_compiled_templates()
+    _share_template_configs()
+    file_modes: dict[str, str | None] = {}
+    _skip_file_mode_lookups(file_modes)
+    scratch = Path(tempfile.mkdtemp(prefix="fleet-clones-"))
+    _reuse_clones(scratch)
     import copier  # the one import this process exists to pay once
 
     home = Path.cwd()
     for line in sys.stdin:
         job = json.loads(line)
+        file_modes.clear()  # a repository's git config may change between runs
         try:
             copier.run_update(
                 job["path"],
@@ -118,6 +218,7 @@ def serve() -> int:
         sys.stderr.flush()
         replies.write(json.dumps(reply) + "\n")
         replies.flush()
+    shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -241,3 +242,27 @@ def test_the_default_report_folder_never_dirties_a_repository(pristine, tmp_path
     assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
     assert len(list((repo / "fleet-report").glob("report-*.md"))) == 2
     shutil.rmtree(repo / "fleet-report")
+
+
+def test_lock_wait_waits_for_the_holder(pristine, tmp_path):
+    repo = copy_repo(pristine, tmp_path / "repo")
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with safety.repo_lock(repo / ".git"):
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    threading.Timer(1.0, release.set).start()
+    with contextlib.redirect_stdout(io.StringIO()):
+        report = ["--report", str(tmp_path / "r")]
+        code = main(
+            ["update", "--to", "v2", "--no-checks", "--lock-wait", "20", *report, str(repo)]
+        )
+    holder.join()
+    [record] = read_report(tmp_path / "r")
+    assert (code, record["status"]) == (0, "updated"), record
+    assert record["seconds"] >= 0.9  # it did wait for the holder
