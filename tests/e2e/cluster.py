@@ -67,11 +67,14 @@ class Cluster:
 
 
 def group_members(group: int) -> list[int]:
+    """The live processes of a process group (zombies, already dead, are left out)."""
     members = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if os.getpgid(int(entry.name)) == group:
+            with contextlib.suppress(OSError):
+                # /proc/<pid>/stat: pid (comm) state ppid pgrp ...; comm may hold spaces.
+                state, _, pgrp = (entry / "stat").read_text().rpartition(")")[2].split()[:3]
+                if int(pgrp) == group and state != "Z":
                     members.append(int(entry.name))
     return members
 
@@ -79,7 +82,7 @@ def group_members(group: int) -> list[int]:
 def stop_group(group: int, timeout: float = 15) -> None:
     """SIGTERM every process of the group, then SIGKILL what is left after `timeout`."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, sig)
         deadline = time.monotonic() + timeout
         while group_members(group) and time.monotonic() < deadline:
@@ -112,22 +115,25 @@ def dask_cluster(
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     dask = str(bin_dir / "dask")
+    processes = []
     scheduler = start(
         [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
         workdir / "scheduler",
         env,
         workdir / "scheduler.log",
     )
+    processes.append(scheduler)
     try:
         for number in range(1, workers + 1):
             name = f"worker-{number}"
-            start(
+            worker = start(
                 [dask, "worker", address, "--host", "127.0.0.1", "--name", name, *WORKER_ARGS],
                 workdir / name,
                 env,
                 workdir / f"{name}.log",
                 group=scheduler.pid,
             )
+            processes.append(worker)
         ready = subprocess.run(
             [str(bin_dir / "python"), "-c", DASK_READY, address, str(workers)],
             cwd=workdir,
@@ -143,6 +149,8 @@ def dask_cluster(
         yield Cluster("dask", address, scheduler.pid, pids)
     finally:
         stop_group(scheduler.pid)
+        for process in processes:
+            process.wait()
 
 
 @contextlib.contextmanager
