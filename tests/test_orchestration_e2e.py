@@ -113,7 +113,7 @@ def test_tag_limit_caps_concurrent_task_runs(pipeline: Pipeline) -> None:
 
 @pytest.mark.slow
 def test_bounded_fan_out_keeps_the_limit_and_comes_near_the_ideal(pipeline: Pipeline) -> None:
-    """The example flow's map_bounded: no task waits on the server's back-off for a slot."""
+    """The example flow's map_under_limit: no task waits on the server's back-off for a slot."""
     (tag, limit), *_ = pipeline.answers["concurrency_limits"].items()
     tasks, seconds = 3 * limit, 2.0
     flow_run_id = start_bulk_flow(
@@ -122,7 +122,7 @@ def test_bounded_fan_out_keeps_the_limit_and_comes_near_the_ideal(pipeline: Pipe
     spans = task_spans(pipeline.server.api_url, flow_run_id)
     assert len(spans) == tasks
     ratio = wall_seconds(spans) / (math.ceil(tasks / limit) * seconds)
-    print(f"\nmap_bounded, {tasks} x {seconds:g} s under limit {limit}: ratio {ratio:.2f}")
+    print(f"\nmap_under_limit, {tasks} x {seconds:g} s under limit {limit}: ratio {ratio:.2f}")
     assert max_running(spans) <= limit
     assert ratio <= BOUNDED_CEILING
 
