@@ -7,11 +7,12 @@ task end, from the task runs' timestamps on the server) to that ideal is the lim
 The observed maximum of tasks running at once must never exceed L.
 
 Side by side, the same tasks fanned out as the example flow fans out its loads: the template's
-map_bounded (src/<package>/_internal/fanout.py), which keeps at most L of them in flight so
-none waits on the server for a slot; that ratio must stay within 1.25 (exit 1 otherwise).
+map_under_limit (src/<package>/_internal/fanout.py), which takes L slots of the tag's limit once
+for the flow run and keeps at most L tasks in flight in them, so none waits on the server for a
+slot; that ratio must stay within 1.25 (exit 1 otherwise).
 
 `python -m bench.concurrency_bench flow TAG M D [L]` runs the bulk flow alone against
-PREFECT_API_URL (with L: through map_bounded) and prints its flow run id
+PREFECT_API_URL (with L: through map_under_limit) and prints its flow run id
 (tests/test_orchestration_e2e.py uses it).
 """
 
@@ -38,19 +39,20 @@ FANOUT = ROOT / "template" / "src" / "{{package_name}}" / "_internal" / "fanout.
 BOUNDED_CEILING = 1.25
 
 
-def template_map_bounded() -> Any:  # noqa: ANN401 - a function loaded from a file
-    """The generated package's map_bounded, loaded from the template's plain Python file."""
+def template_map_under_limit() -> Any:  # noqa: ANN401 - a function loaded from a file
+    """The generated package's map_under_limit, loaded from the template's plain Python file."""
     spec = importlib.util.spec_from_file_location("template_fanout", FANOUT)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.map_bounded
+    return module.map_under_limit
 
 
 def run_bulk_flow(tag: str, tasks: int, seconds: float, bound: int | None = None) -> str:
     """The bulk flow, run in this process; returns its flow run id.
 
-    With `bound`, the tasks go through the template's map_bounded with that many in flight.
+    With `bound`, the tasks go through the template's map_under_limit with that many slots,
+    untagged: the flow run holds the slots for them.
     """
     from prefect import flow, task
     from prefect.task_runners import ThreadPoolTaskRunner
@@ -64,7 +66,8 @@ def run_bulk_flow(tag: str, tasks: int, seconds: float, bound: int | None = None
     @flow(name="concurrency-bench", task_runner=ThreadPoolTaskRunner(max_workers=tasks))
     def bulk() -> int:
         if bound:
-            return len(template_map_bounded()(hold, range(tasks), bound))
+            untagged = hold.with_options(tags=set())
+            return len(template_map_under_limit()(untagged, range(tasks), tag, bound))
         return len(hold.map(range(tasks)).result())
 
     state = bulk(return_state=True)
@@ -247,12 +250,12 @@ def main(argv: list[str] | None = None) -> int:
                 result = measure(
                     server.api_url, env, tag, args.limit, args.tasks, args.seconds, args.limit
                 )
-                print(f"map_bounded run {number}: {result}", flush=True)
+                print(f"map_under_limit run {number}: {result}", flush=True)
                 bounded.append(result)
     print(f"tag limit alone: {summary(results, args.limit)}")
-    print(f"map_bounded (the example flow's fan-out): {summary(bounded, args.limit)}")
+    print(f"map_under_limit (the example flow's fan-out): {summary(bounded, args.limit)}")
     within = median_ratio(bounded) <= BOUNDED_CEILING
-    print(f"map_bounded median ratio within {BOUNDED_CEILING}: {'yes' if within else 'NO'}")
+    print(f"map_under_limit median ratio within {BOUNDED_CEILING}: {'yes' if within else 'NO'}")
     return 0 if within and all(r.peak <= args.limit for r in results + bounded) else 1
 
 

@@ -227,6 +227,19 @@ def test_prefect_yaml_fits_prefects_model_and_its_steps_exist(
         assert (repo / "src" / f"{module.replace('.', '/')}.py").is_file(), module
 
 
+@pytest.mark.parametrize("task_runner", ["dask", "ray"])
+@pytest.mark.parametrize("runtime", ["kubernetes", "ecs"])
+def test_flow_runs_have_cpus_to_fan_out_on(
+    rendered: Callable[..., Path], runtime: str, task_runner: str
+) -> None:
+    """A local Dask or Ray counts the container's CPU quota: one CPU would run one task."""
+    for deployment in deployments(rendered(runtime, task_runner)):
+        variables = deployment["work_pool"]["job_variables"]
+        kubernetes = runtime == "kubernetes"
+        cpus = float(variables["cpu_limit"]) if kubernetes else variables["cpu"] / 1024
+        assert cpus >= 2, deployment["name"]
+
+
 @pytest.mark.parametrize("runtime", CONTAINER_RUNTIMES)
 def test_job_variables_build_the_workers_job_configuration(
     rendered: Callable[..., Path], runtime: str

@@ -2,9 +2,10 @@
 
 Each cluster runs as separate processes started from a working directory outside the generated
 repository, with the generated package installed in their environment (the repository's
-virtualenv). Every process of a cluster shares one process group: a task that logs its process
-id is proven to have run on the cluster when that process is in the group, and the whole group
-is stopped on the way out, on failure and on Ctrl-C too.
+virtualenv). Every process of a cluster shares one process group (Dask) or one session (Ray,
+whose raylet starts each worker in a group of its own): a load task, whose process and parent
+the run-summary artifact records, ran on the cluster when either is in it; all of it is stopped
+on the way out, on failure and on Ctrl-C too.
 """
 
 from __future__ import annotations
@@ -21,14 +22,13 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from bench.concurrency_bench import api
 from tests.e2e.server import free_port
 
 ADDRESS_VARS = {"dask": "DASK_SCHEDULER_ADDRESS", "ray": "RAY_ADDRESS"}
-# What the example flow's load task logs, on whichever process runs it.
-LOAD_LOG = re.compile(r"Loaded (\d+) rows into \S+ in process (\d+) on (\S+)")
+# Where the example flow's load task ran, as its run-summary artifact records it per batch.
+LOADED_BY = re.compile(r"process (\d+) \(parent (\d+)\) on (\S+)")
 
 # One single-threaded process per worker: the fan-out spreads over processes.
 WORKER_ARGS = ["--nworkers", "1", "--nthreads", "1", "--no-dashboard"]
@@ -40,6 +40,14 @@ with Client(sys.argv[1], timeout=60) as client:
     client.wait_for_workers(int(sys.argv[2]), timeout=120)
     print(json.dumps(sorted(client.run(os.getpid).values())))
 """
+
+
+@dataclass(frozen=True)
+class Load:
+    rows: int
+    pid: int
+    parent: int
+    host: str
 
 
 @dataclass
@@ -58,29 +66,39 @@ class Cluster:
         """What points an environment's flow runs at this cluster."""
         return {self.variable: self.address}
 
+    def ran(self, load: Load) -> bool:
+        """Whether a load ran in this cluster: its process, or its parent (Ray ends idle workers,
+        its raylet lives on), is the cluster's."""
+        return self.owns(load.pid) or self.owns(load.parent)
+
     def owns(self, pid: int) -> bool:
-        """Whether the process runs (or ran, still alive) in this cluster's process group."""
+        """Whether the process runs in this cluster's process group or session."""
         try:
-            return os.getpgid(pid) == self.group
+            return self.group in (os.getpgid(pid), os.getsid(pid))
         except ProcessLookupError:
             return False
 
 
 def group_members(group: int) -> list[int]:
+    """The live processes whose process group or session is `group` (zombies left out)."""
     members = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if os.getpgid(int(entry.name)) == group:
+            with contextlib.suppress(OSError, ValueError):
+                # /proc/<pid>/stat: pid (comm) state ppid pgrp session ...; comm may hold spaces.
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+                state, pgrp, session = fields[0], int(fields[2]), int(fields[3])
+                if group in (pgrp, session) and state != "Z":
                     members.append(int(entry.name))
     return members
 
 
 def stop_group(group: int, timeout: float = 15) -> None:
-    """SIGTERM every process of the group, then SIGKILL what is left after `timeout`."""
+    """SIGTERM every process of the group or session, then SIGKILL what is left."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, sig)
+        for pid in group_members(group):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
         deadline = time.monotonic() + timeout
         while group_members(group) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -89,10 +107,11 @@ def stop_group(group: int, timeout: float = 15) -> None:
 
 
 def start(
-    command: list[str], cwd: Path, env: Mapping[str, str], log: Path, group: int = 0
+    command: list[str], cwd: Path, env: Mapping[str, str], log: Path, group: int | None = 0
 ) -> subprocess.Popen[bytes]:
-    """A process in `group` (a new group of its own when 0), output to `log`."""
+    """A process in `group` (0: a new group; None: a new session), output to `log`."""
     cwd.mkdir(parents=True, exist_ok=True)
+    placement = {"start_new_session": True} if group is None else {"process_group": group}
     with log.open("ab") as out:
         return subprocess.Popen(
             command,
@@ -100,7 +119,7 @@ def start(
             env=dict(env),
             stdout=out,
             stderr=subprocess.STDOUT,
-            process_group=group,
+            **placement,
         )
 
 
@@ -112,22 +131,25 @@ def dask_cluster(
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     dask = str(bin_dir / "dask")
+    processes = []
     scheduler = start(
         [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
         workdir / "scheduler",
         env,
         workdir / "scheduler.log",
     )
+    processes.append(scheduler)
     try:
         for number in range(1, workers + 1):
             name = f"worker-{number}"
-            start(
+            worker = start(
                 [dask, "worker", address, "--host", "127.0.0.1", "--name", name, *WORKER_ARGS],
                 workdir / name,
                 env,
                 workdir / f"{name}.log",
                 group=scheduler.pid,
             )
+            processes.append(worker)
         ready = subprocess.run(
             [str(bin_dir / "python"), "-c", DASK_READY, address, str(workers)],
             cwd=workdir,
@@ -143,6 +165,8 @@ def dask_cluster(
         yield Cluster("dask", address, scheduler.pid, pids)
     finally:
         stop_group(scheduler.pid)
+        for process in processes:
+            process.wait()
 
 
 @contextlib.contextmanager
@@ -170,7 +194,7 @@ def ray_cluster(bin_dir: Path, workdir: Path, env: Mapping[str, str]) -> Iterato
         "--disable-usage-stats",
         f"--temp-dir={temp}",
     ]
-    head = start(command, workdir, env, workdir / "ray.log")
+    head = start(command, workdir, env, workdir / "ray.log", group=None)
     try:
         if head.wait(timeout=180) != 0:
             log = (workdir / "ray.log").read_text(errors="replace")
@@ -196,35 +220,19 @@ def cluster_for(
         yield None
 
 
-@dataclass(frozen=True)
-class Load:
-    rows: int
-    pid: int
-    host: str
-
-
-def loads_of(logs: list[dict[str, Any]]) -> list[Load]:
-    """The example flow's load tasks, as their log lines tell: rows, process id, host."""
-    found = [LOAD_LOG.search(log["message"]) for log in logs]
-    return [Load(int(m[1]), int(m[2]), m[3]) for m in found if m]
-
-
-def loads_of_run(api_url: str, flow_run_id: str, rows: int, timeout: float = 30) -> list[Load]:
-    """The load tasks of a finished flow run, once their log lines add up to `rows`.
-
-    Tasks on a cluster ship their logs to the server in batches: the last may land after the
-    flow run is Completed.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        logs = api(
-            f"{api_url}/logs/filter",
-            {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200},
-        )
-        loads = loads_of(logs)
-        if sum(load.rows for load in loads) >= rows or time.monotonic() > deadline:
-            return loads
-        time.sleep(1)
+def loads_of_run(api_url: str, flow_run_id: str, slug: str) -> list[Load]:
+    """The load tasks of a finished flow run, from its run-summary artifact."""
+    artifact = api(f"{api_url}/artifacts/{slug}-run-summary/latest")
+    if artifact["flow_run_id"] != flow_run_id:
+        raise AssertionError(f"the latest run summary is not flow run {flow_run_id}'s")
+    data = artifact["data"]
+    batches = json.loads(data) if isinstance(data, str) else data
+    loads = []
+    for batch in batches:
+        where = LOADED_BY.fullmatch(batch["loaded_by"])
+        assert where, batch
+        loads.append(Load(batch["rows"], int(where[1]), int(where[2]), where[3]))
+    return loads
 
 
 def where_tasks_ran(loads: list[Load], cluster: Cluster) -> list[str]:
@@ -233,7 +241,7 @@ def where_tasks_ran(loads: list[Load], cluster: Cluster) -> list[str]:
         f"{load.rows} rows loaded by process {load.pid} on {load.host}: "
         + (
             f"a {cluster.kind} worker of {cluster.address}"
-            if cluster.owns(load.pid)
+            if cluster.ran(load)
             else "NOT a cluster worker"
         )
         for load in loads
@@ -253,6 +261,6 @@ def demo_cluster(
         yield cluster
 
 
-def print_where_tasks_ran(api_url: str, flow_run_id: str, rows: int, cluster: Cluster) -> None:
-    for line in where_tasks_ran(loads_of_run(api_url, flow_run_id, rows), cluster):
+def print_where_tasks_ran(api_url: str, flow_run_id: str, slug: str, cluster: Cluster) -> None:
+    for line in where_tasks_ran(loads_of_run(api_url, flow_run_id, slug), cluster):
         print(f"      {line}", flush=True)

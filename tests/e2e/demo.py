@@ -135,7 +135,7 @@ def demo(workdir: Path, answers: dict[str, Any], timeout: float = 300) -> DemoRe
             result.rows_loaded = count_rows(repo / "warehouse.db")
             result.artifact = read_artifact(server.api_url, f"{slug}-run-summary")
             if cluster:
-                print_where_tasks_ran(server.api_url, flow_run["id"], result.rows_loaded, cluster)
+                print_where_tasks_ran(server.api_url, flow_run["id"], slug, cluster)
         with steps.step("Stop the worker and the server"):
             services.close()
     return result
