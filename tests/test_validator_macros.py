@@ -14,6 +14,7 @@ import importlib.util
 import random
 import re
 import shutil
+import sys
 import zoneinfo
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -712,3 +713,32 @@ def test_timezone_message_is_exact() -> None:
         "timezone: 'Europe/Paris ' is not an IANA time zone name. "
         "Use a name such as 'UTC', 'Europe/Berlin' or 'America/New_York'."
     )
+
+
+# --------------------------------------------------------------------------- reserved names
+
+RESERVED = ENV.from_string(
+    "{% from 'includes/reserved_names.jinja' import RESERVED_PACKAGES, RESERVED_PROJECTS %}"
+    "{{ RESERVED_PACKAGES }}|{{ RESERVED_PROJECTS }}"
+)
+DEPENDENCIES = (REPO / "includes" / "dependencies.jinja").read_text(encoding="utf-8")
+# Import names of the distributions includes/dependencies.jinja installs, where they differ.
+IMPORT_NAMES = {
+    "pyyaml": "yaml",
+    "google-cloud-secret-manager": "google",
+    "azure-identity": "azure",
+    "azure-keyvault-secrets": "azure",
+    "pre-commit": "pre_commit",
+}
+
+
+def test_reserved_names_cover_every_dependency_and_the_standard_library() -> None:
+    """A dependency added to includes/dependencies.jinja without rerunning
+    scripts/update_reserved_names.py fails here."""
+    packages, projects = (part.split() for part in RESERVED.render().split("|"))
+    required = set(re.findall(r'"([a-z0-9-]+)(?:\[[a-z]+\])?[><=]', DEPENDENCIES))
+    required |= {"prefect", "pytest", "ruff", "pre-commit"}
+    assert required - set(projects) == set()
+    imports = {IMPORT_NAMES.get(name, name.replace("-", "_")) for name in required}
+    stdlib = {name for name in sys.stdlib_module_names if re.fullmatch(r"[a-z_][a-z0-9_]*", name)}
+    assert (imports | stdlib | {"tests"}) - set(packages) == set()
