@@ -24,10 +24,23 @@ from markdown_it import MarkdownIt
 from tests.rendering import BIN, render
 from tests.test_render import generated_files, template_leftovers
 
+# One worker renders the answer sets once for the whole module.
+pytestmark = pytest.mark.xdist_group("odd_answers")
+
 LONG_DESCRIPTION = (
     "Loads every order, refund and subscription event from the billing system into the "
     "warehouse, then computes customer lifetime value per cohort and region, nightly."
 )
+# The longest names the validators accept; tests/test_combinations.py renders every choice
+# with them, so each file that embeds a name is checked at its widest.
+LONGEST_NAMES: dict[str, Any] = {
+    "project_name": "Forty Characters Is The Longest Slug Ok",
+    "project_slug": "forty-characters-is-the-longest-slug-ok1",
+    "package_name": "forty_characters_is_the_longest_package1",
+    "environments": ["abcdefghijklmnopqrst", "prod"],
+    "concurrency_limits": {"t" + "-a" * 31: 3},
+    "description": " ".join(["Long"] * 40),
+}
 # name -> (answers, what it exercises). Runtimes, CI platforms and secret backends vary so every
 # file that carries an answer is rendered by some set; task runners stay threads because
 # `ops validate` imports the flows, and this environment has neither dask nor ray.
@@ -72,13 +85,7 @@ ODD_ANSWERS: dict[str, dict[str, Any]] = {
         "environments": ["development", "integrationtesting1", "production"],
         "concurrency_limits": {"customer-lifetime-value-warehouse-database-connection-pool": 3},
     },
-    "longest-names": {
-        "project_name": "Forty Characters Is The Longest Slug Ok",
-        "project_slug": "forty-characters-is-the-longest-slug-ok1",
-        "package_name": "forty_characters_is_the_longest_package1",
-        "environments": ["abcdefghijklmnopqrst"],
-        "runtime": "kubernetes",
-    },
+    "longest-names": {**LONGEST_NAMES, "runtime": "kubernetes"},
     "one-environment-no-limits": {
         "project_name": "A",
         "description": "x",
