@@ -132,7 +132,8 @@ def data_files(repo: Path) -> dict[str, Any]:
     return parsed
 
 
-@pytest.fixture(scope="module")
+# Session scope: rendered once even when the scheduler interleaves other modules' tests.
+@pytest.fixture(scope="session")
 def odd_repos(template: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("odd")
     return {name: render(template, root / name, answers) for name, answers in ODD_ANSWERS.items()}

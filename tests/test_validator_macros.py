@@ -602,7 +602,7 @@ def test_copier_runs_the_validators_without_trust(
 
 
 def _zones_in_file() -> list[str]:
-    return re.findall(r"^  '([^']+)',$", TIMEZONES_FILE.read_text(encoding="utf-8"), re.M)
+    return re.findall(r"^  ([^\s']+)$", TIMEZONES_FILE.read_text(encoding="utf-8"), re.M)
 
 
 def _load_update_script() -> ModuleType:
