@@ -37,6 +37,7 @@ bench: $(STAMP) ## Run the benchmarks in bench/ and print their ratios
 	@$(BIN)/python -m bench.concurrency_bench
 	@$(BIN)/python -m bench.fleet_bench
 	@$(BIN)/python -m bench.cluster_bench
+	@$(BIN)/python -m bench.render_bench
 
 clean: ## Remove the tool environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
