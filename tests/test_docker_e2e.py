@@ -15,24 +15,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from bench.concurrency_bench import api
 from tests.e2e import docker
 from tests.e2e.server import Server, running_server, running_worker
 from tests.rendering import BIN, answers_of, git, render, run, sync
-from tests.test_orchestration_e2e import runs_of, wait_for
+from tests.test_orchestration_e2e import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
-
-AWS_REGION = "eu-west-1"
 
 
 @dataclass
@@ -61,47 +57,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerStack]:
         yield DockerStack(workdir, server, registry, moto)
 
 
-def provide_secret(stack: DockerStack, repo: Path, answers: dict[str, Any]) -> dict[str, str]:
-    """Put the warehouse DSN where the backend reads it; returns the deploy-time variables."""
-    if answers["secret_backend"] == "env":
-        secrets = repo.parent / f"{repo.name}-secrets"
-        secrets.mkdir()
-        (secrets / "warehouse-dsn").write_text(docker.WAREHOUSE_DSN + "\n")
-        secrets.chmod(0o755)
-        (secrets / "warehouse-dsn").chmod(0o644)  # read by the container's uid 10001
-        return {"PIPELINE_SECRETS_DIR": str(secrets)}
-    client = boto3.client(
-        "secretsmanager",
-        endpoint_url=stack.moto,
-        region_name=AWS_REGION,
-        aws_access_key_id="test-only",
-        aws_secret_access_key="test-only",  # moto accepts any key
-    )
-    secret_id = f"{answers['project_slug']}/{answers['environments'][0]}/warehouse-dsn"
-    client.create_secret(Name=secret_id, SecretString=docker.WAREHOUSE_DSN)
-    return {"AWS_DEFAULT_REGION": AWS_REGION}
-
-
-def run_overrides(stack: DockerStack, deployment: dict[str, Any]) -> dict[str, Any]:
-    """Per-run job variables: moto's endpoint and throwaway keys for the AWS repository (a
-    real worker host has an IAM role instead); nothing for the env backend."""
-    env = deployment["job_variables"]["env"]
-    if "AWS_DEFAULT_REGION" not in env:
-        return {}
-    test_only = {"AWS_ENDPOINT_URL": stack.moto, "AWS_ACCESS_KEY_ID": "test-only"}
-    test_only["AWS_SECRET_ACCESS_KEY"] = "test-only"
-    return {"job_variables": {"env": {**env, **test_only}}}
-
-
-def wait_for_trigger(api_url: str, deployment_id: str, timeout: float = 120) -> str:
-    """The id of the first run the completion trigger started for a deployment."""
-    deadline = time.monotonic() + timeout
-    while not (triggered := runs_of(api_url, deployment_id)):
-        assert time.monotonic() < deadline, "the trigger started no publish run"
-        time.sleep(1)
-    return triggered[0]["id"]
-
-
 @pytest.mark.parametrize(
     "answers",
     [
@@ -124,7 +79,7 @@ def test_docker_worker_runs_the_pushed_image(
     answers = answers_of(repo)
     slug, environment = answers["project_slug"], answers["environments"][0]
     api_url = stack.server.api_url
-    deploy_env = {**env, **stack.server.env(), **provide_secret(stack, repo, answers)}
+    deploy_env = {**env, **stack.server.env(), **docker.provide_secret(repo, answers, stack.moto)}
 
     output = run(["make", "reconcile", f"ENV={environment}"], cwd=repo, env=deploy_env, timeout=900)
     tag = git("rev-parse", "--short=12", "HEAD", cwd=repo).strip()
@@ -150,11 +105,11 @@ def test_docker_worker_runs_the_pushed_image(
     log = repo.parent / f"{repo.name}-worker.log"
     with docker.cleaned_up([volume]) as pools, running_worker(worker, repo, deploy_env, log):
         pools.append(pool["id"])
-        body = run_overrides(stack, deployment)
+        body = docker.run_overrides(deployment, stack.moto)
         run_id = api(f"{api_url}/deployments/{deployment['id']}/create_flow_run", body)["id"]
         etl = wait_for(api_url, run_id, timeout=300)
         assert etl["state"]["type"] == "COMPLETED", log.read_text()[-4000:]
-        publish = wait_for(api_url, wait_for_trigger(api_url, downstream["id"]), timeout=300)
+        publish = wait_for(api_url, docker.triggered_run(api_url, downstream["id"]), timeout=300)
         assert publish["state"]["type"] == "COMPLETED", log.read_text()[-4000:]
         rows = docker.count_rows(volume, "orders")
 

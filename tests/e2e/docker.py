@@ -16,7 +16,11 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import boto3
+
+from bench.concurrency_bench import api
 from tests.e2e.server import free_port, stop
 
 HOST_SCRIPT = Path(__file__).with_name("docker_host.sh")
@@ -26,6 +30,7 @@ PYTHON_VERSION = "3.11"
 # Where the flow-run image keeps results and the example warehouse (the Dockerfile's volume).
 DATA_DIR = "/var/lib/pipeline"
 WAREHOUSE_DSN = f"sqlite:///{DATA_DIR}/warehouse.db"
+AWS_REGION = "eu-west-1"
 
 
 def docker(*args: str, timeout: float = 600, check: bool = True) -> str:
@@ -154,3 +159,49 @@ def host_note() -> str:
     """One line on where flow-run containers run, for the demo."""
     server = docker("version", "--format", "{{.Server.Version}}").strip()
     return f"dockerd {server} on {os.uname().nodename}, host network (API on 127.0.0.1)"
+
+
+def provide_secret(repo: Path, answers: dict[str, Any], moto: str) -> dict[str, str]:
+    """Put the warehouse DSN where the backend reads it; returns the deploy-time variables."""
+    if answers["secret_backend"] == "env":
+        secrets = repo.parent / f"{repo.name}-secrets"
+        secrets.mkdir(exist_ok=True)
+        (secrets / "warehouse-dsn").write_text(WAREHOUSE_DSN + "\n")
+        # Read by the container's uid 10001 through a read-only bind mount.
+        secrets.chmod(0o755)
+        (secrets / "warehouse-dsn").chmod(0o644)
+        return {"PIPELINE_SECRETS_DIR": str(secrets)}
+    if answers["secret_backend"] != "aws-secrets-manager":
+        raise ValueError("the Docker runs cover secret_backend env and aws-secrets-manager")
+    client = boto3.client(
+        "secretsmanager",
+        endpoint_url=moto,
+        region_name=AWS_REGION,
+        aws_access_key_id="test-only",
+        aws_secret_access_key="test-only",  # moto accepts any key
+    )
+    secret_id = f"{answers['project_slug']}/{answers['environments'][0]}/warehouse-dsn"
+    client.create_secret(Name=secret_id, SecretString=WAREHOUSE_DSN)
+    return {"AWS_DEFAULT_REGION": AWS_REGION}
+
+
+def run_overrides(deployment: dict[str, Any], moto: str) -> dict[str, Any]:
+    """Per-run job variables: moto's endpoint and throwaway keys for an AWS repository (a real
+    worker host has an IAM role instead); nothing for the env backend."""
+    env = deployment["job_variables"]["env"]
+    if "AWS_DEFAULT_REGION" not in env:
+        return {}
+    test_only = {"AWS_ENDPOINT_URL": moto, "AWS_ACCESS_KEY_ID": "test-only"}
+    test_only["AWS_SECRET_ACCESS_KEY"] = "test-only"
+    return {"job_variables": {"env": {**env, **test_only}}}
+
+
+def triggered_run(api_url: str, deployment_id: str, timeout: float = 120) -> str:
+    """The id of the first run a trigger started for a deployment."""
+    deadline = time.monotonic() + timeout
+    body = {"deployments": {"id": {"any_": [deployment_id]}}}
+    while not (runs := api(f"{api_url}/flow_runs/filter", body)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the trigger started no run after {timeout:.0f} s")
+        time.sleep(1)
+    return runs[0]["id"]
