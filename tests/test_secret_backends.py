@@ -107,7 +107,7 @@ def test_backend_has_its_module_fixtures_and_readme(
         assert name in module
     assert "def provide_secret(" in (repo / "tests" / "secret_fixtures.py").read_text()
     has_backend_tests = (repo / "tests" / "test_secret_backend.py").exists()
-    assert has_backend_tests == (backend not in {"env", "prefect"})
+    assert has_backend_tests == (backend != "prefect")
     assert (package / "ops" / "sync_secrets.py").exists() == (backend == "prefect")
     assert (repo / "tests" / "test_sync_secrets.py").exists() == (backend == "prefect")
     readme = (repo / "README.md").read_text()

@@ -186,9 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(args.dir, ignore_errors=True)
     args.dir.mkdir(parents=True)
     try:
-        result = demo(args.dir.resolve(), answers, args.timeout)
+        if answers.get("runtime") == "docker":
+            from tests.e2e.docker_demo import docker_demo  # imports demo: import it late
+
+            result = docker_demo(args.dir.resolve(), answers, args.timeout)
+        else:
+            result = demo(args.dir.resolve(), answers, args.timeout)
     except KeyboardInterrupt:
-        print("\nInterrupted: the worker and the server were stopped.")
+        print("\nInterrupted: everything the demo started was stopped and removed.")
         return 130
     report(result)
     return 0 if result.state == "COMPLETED" else 1
