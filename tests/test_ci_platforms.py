@@ -745,3 +745,54 @@ def test_precommit_validates_the_ci_files(
     check = [str(BIN / "pre-commit"), "run", hooks[0], "--files", broken]
     result = subprocess.run(check, cwd=repo, env=tool_env(), capture_output=True, text=True)
     assert result.returncode != 0, result.stdout + result.stderr
+
+
+# Registries CI logs in to with the job's own identity (includes/runtime/_image.jinja), and
+# the settings each asks for instead of a stored password.
+IDENTITY_REGISTRIES = {
+    "europe-west1-docker.pkg.dev/acme/pipelines": [
+        "GCP_WORKLOAD_IDENTITY_PROVIDER",
+        "GCP_SERVICE_ACCOUNT",
+    ],
+    "acme.azurecr.io/pipelines": ["AZURE_TENANT_ID", "AZURE_CLIENT_ID"],
+    "registry.gitlab.com/acme/pipelines": [],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("registry", sorted(IDENTITY_REGISTRIES))
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_registry_login_uses_the_jobs_identity_where_the_platform_has_one(
+    platform: str, registry: str, rendered: Callable[..., Path], oracles: Oracles, tmp_path: Path
+) -> None:
+    repo = rendered(ci_platform=platform, runtime="docker", image_registry=registry)
+    check_platform(platform, repo, oracles, tmp_path)
+    text = "\n".join((repo / path).read_text(encoding="utf-8") for path in CI_FILES[platform])
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    gitlab_registry = registry.startswith("registry.gitlab.com/")
+    static = platform == "azure-pipelines" or (gitlab_registry and platform != "gitlab-ci")
+    assert ("REGISTRY_PASSWORD" in text) == (static or gitlab_registry), text
+    assert ("a stored\npassword" in readme) == static
+    if static:
+        return
+    for name in IDENTITY_REGISTRIES[registry]:
+        assert f"`{name}`" in readme, name
+    if platform == "github-actions":
+        deploy = load(repo, ".github/workflows/deploy.yml")
+        for job_id in ("promote", "release"):
+            job = deploy["jobs"][job_id]
+            assert job["permissions"]["id-token"] == "write", job_id
+            env = job["steps"][-1]["env"]
+            assert {f"${{{{ vars.{n} }}}}" for n in IDENTITY_REGISTRIES[registry]} <= set(
+                env.values()
+            )
+    if platform == "gitlab-ci":
+        reconcile = load(repo, ".gitlab-ci.yml")[".reconcile"]
+        if gitlab_registry:
+            assert reconcile["variables"]["REGISTRY_PASSWORD"] == "$CI_REGISTRY_PASSWORD"
+            assert "id_tokens" not in reconcile
+        else:
+            assert set(reconcile["id_tokens"]) == {"CI_OIDC_TOKEN"}
+    if platform == "bitbucket-pipelines":
+        main = load(repo, "bitbucket-pipelines.yml")["pipelines"]["branches"]["main"]
+        assert all(item["step"]["oidc"] for item in main if "deployment" in item["step"])
