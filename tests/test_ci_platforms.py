@@ -49,6 +49,7 @@ CI_FILES = {
     "github-actions": [
         ".github/workflows/ci.yml",
         ".github/workflows/deploy.yml",
+        ".github/workflows/preview.yml",
         ".github/dependabot.yml",
         ".github/renovate.json",
     ],
@@ -262,7 +263,7 @@ PINNED = re.compile(r"uses: [\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+$")
 
 
 def check_github_actions(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> None:
-    check_jsonschema(repo, "vendor.github-workflows", *CI_FILES["github-actions"][:2])
+    check_jsonschema(repo, "vendor.github-workflows", *CI_FILES["github-actions"][:3])
     check_jsonschema(repo, "vendor.dependabot", ".github/dependabot.yml")
     actionlint(repo, tools.actionlint)
     assert "No findings to report" in zizmor(repo)
@@ -320,6 +321,17 @@ def check_github_actions(repo: Path, tools: Oracles, tmp_path: Path, rules: bool
         assert promote["if"] == "github.event_name == 'push'"
     assert deploy_jobs == {}
 
+    preview = load(repo, ".github/workflows/preview.yml")
+    assert preview[True] == {
+        "pull_request": {"types": ["opened", "synchronize", "reopened", "closed"]}
+    }
+    (job,) = preview["jobs"].values()
+    assert job["environment"] == answers_of(repo)["environments"][0]
+    assert job["if"] == "github.event.pull_request.head.repo.full_name == github.repository"
+    step = job["steps"][-1]
+    assert step["run"] == 'make "$TARGET" REQUEST="$REQUEST"'
+    assert "'preview-close'" in step["env"]["TARGET"] and "closed" in step["env"]["TARGET"]
+
 
 def check_gitlab_ci(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> None:
     check_jsonschema(repo, "vendor.gitlab-ci", ".gitlab-ci.yml")
@@ -345,7 +357,8 @@ def check_gitlab_ci(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> 
         assert other_tag[f"deploy-{prod}"]["when"] == "never"
         merge_request = ["CI_PIPELINE_SOURCE=merge_request_event", "CI_COMMIT_BRANCH"]
         jobs = gitlab_jobs(work, tools.bin, *merge_request)
-        assert active(jobs).keys() - {"build-image"} == {"check"}
+        assert active(jobs).keys() - {"build-image"} == {"check", "preview", "preview-close"}
+        assert jobs["preview-close"]["when"] == "manual"
 
     pipeline = load(repo, ".gitlab-ci.yml")
     for env in [*preprod, prod]:
@@ -371,7 +384,9 @@ def check_bitbucket_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules:
     def deploys(steps: list[dict]) -> list[dict]:
         return [item["step"] for item in steps if "deployment" in item["step"]]
 
-    assert deploys(pipelines["pull-requests"]["**"]) == []
+    (preview,) = deploys(pipelines["pull-requests"]["**"])
+    assert preview["deployment"] == answers_of(repo)["environments"][0]
+    assert preview["script"][-1] == 'make preview REQUEST="$BITBUCKET_PR_ID"'
     main = deploys(pipelines["branches"]["main"])
     assert [step["deployment"] for step in main] == preprod
     assert all("trigger" not in step for step in main)
@@ -381,7 +396,10 @@ def check_bitbucket_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules:
     assert release["trigger"] == "manual"
     for step in [*main, release]:
         env = step["deployment"]
-        assert step["script"][-2:] == [f"make deploy ENV={env}", f"make smoke ENV={env}"]
+        deploy_at = step["script"].index(f"make deploy ENV={env}")
+        assert step["script"][deploy_at + 1] == f"make smoke ENV={env}"
+        first = env == answers_of(repo)["environments"][0]
+        assert (step["script"][-1] == "make preview-prune") == first
         assert step["clone"] == {"depth": "full"}
         assert step["concurrency-group"] == f"deploy-{env}"
         assert "caches" not in step
@@ -391,7 +409,10 @@ def check_azure_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules: boo
     check_jsonschema(repo, "vendor.azure-pipelines", "azure-pipelines.yml")
     preprod, prod = preprod_and_prod(repo)
     stages = {stage["stage"]: stage for stage in load(repo, "azure-pipelines.yml")["stages"]}
-    assert list(stages) == ["check", *(f"deploy_{env}" for env in [*preprod, prod])]
+    assert list(stages) == ["check", "preview", *(f"deploy_{env}" for env in [*preprod, prod])]
+    assert "'PullRequest'" in stages["preview"]["condition"]
+    preview_script = stages["preview"]["jobs"][0]["steps"][-1]["script"]
+    assert preview_script == "make preview REQUEST=$(System.PullRequest.PullRequestId)"
     previous = "check"
     for env in [*preprod, prod]:
         stage = stages[f"deploy_{env}"]
@@ -401,9 +422,11 @@ def check_azure_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules: boo
         assert stage["lockBehavior"] == "sequential"
         (job,) = stage["jobs"]
         assert job["environment"] == env
-        *_, script, smoke = job["strategy"]["runOnce"]["deploy"]["steps"]
-        assert script["script"] == f"make deploy ENV={env}"
-        assert smoke["script"] == f"make smoke ENV={env}"
+        steps = job["strategy"]["runOnce"]["deploy"]["steps"]
+        scripts = [step.get("script") for step in steps]
+        script = steps[scripts.index(f"make deploy ENV={env}")]
+        assert scripts[scripts.index(f"make deploy ENV={env}") + 1] == f"make smoke ENV={env}"
+        assert (scripts[-1] == "make preview-prune") == (env == [*preprod, prod][0])
         assert script["env"]["PREFECT_API_KEY"] == "$(PREFECT_API_KEY)"
         previous = f"deploy_{env}"
 
@@ -586,7 +609,7 @@ def test_every_ci_hook_renders_valid_ci(
         for step in deploys:
             assert step["services"] == ["docker"]
             assert any("$BITBUCKET_STEP_OIDC_TOKEN" in line for line in step["script"])
-            assert step["script"][-2].startswith("make deploy")
+            assert any(line.startswith("make deploy") for line in step["script"])
     if platform == "azure-pipelines":
         assert "REGISTRY_PASSWORD: $(REGISTRY_PASSWORD)" in text
         assert "AWS_SECRET_ACCESS_KEY: $(AWS_SECRET_ACCESS_KEY)" in text
@@ -736,7 +759,10 @@ def test_precommit_validates_the_ci_files(
     """The generated repository's own hooks check its CI files, and catch a broken one."""
     repo = committed_copy(rendered(ci_platform=platform), tmp_path / "repo")
     hooks = ci_hook_ids(repo, platform)
-    assert len(hooks) >= len(CI_FILES[platform]), hooks
+    config = load(repo, ".pre-commit-config.yaml")
+    patterns = [hook.get("files", "^$") for entry in config["repos"] for hook in entry["hooks"]]
+    for path in CI_FILES[platform]:
+        assert any(re.search(pattern, path) for pattern in patterns), f"no hook checks {path}"
     precommit = [str(BIN / "pre-commit"), "run", "--all-files"]
     for hook in hooks:
         run([*precommit, hook], cwd=repo, env=tool_env())
