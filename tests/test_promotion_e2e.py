@@ -179,3 +179,37 @@ def test_rollback_redeploys_the_earlier_digest(setup: Setup) -> None:
 
     unknown = repo.commit("never deployed")
     assert "no Completed run" in refused(repo, "rollback", "ENV=dev", f"TO={unknown}")
+
+
+def preview_names(server: Server, slug: str) -> set[str]:
+    found = api(
+        f"{server.api_url}/deployments/filter",
+        {"deployments": {"tags": {"all_": [f"project:{slug}", "preview"]}}},
+    )
+    return {deployment["name"] for deployment in found}
+
+
+@pytest.mark.slow
+def test_a_request_preview_opens_unscheduled_and_closes(setup: Setup) -> None:
+    server, repo = setup.server, setup.process
+    repo.make("deploy", "ENV=dev")  # the pool previews use; nothing to do when it exists
+    repo.make("preview", "REQUEST=7")
+    preview = repo.deployment(server, "pr-7")
+    assert preview["work_pool_name"] == f"{repo.slug}-dev"
+    assert preview["schedules"] == []
+    assert {"preview", "env:pr-7", f"project:{repo.slug}"} <= set(preview["tags"])
+    assert "env:dev" not in preview["tags"]  # dev's reconcile --prune never sees it
+    assert preview_names(server, repo.slug) == {"pr-7"}
+
+    # Where a platform has no event for a closed request, the merge commit names it.
+    git(
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "Merge pull request #7 from acme/topic",
+        cwd=repo.path,
+    )
+    repo.make("preview-prune")
+    assert preview_names(server, repo.slug) == set()
+    assert repo.deployment(server, "dev")["name"] == "dev"

@@ -31,6 +31,7 @@ from prefect_aws.workers.ecs_worker import ECSWorker
 from prefect_docker.worker import DockerWorker
 from prefect_kubernetes.worker import KubernetesWorker
 
+from tests.gitlab_ci_local import run_check_job
 from tests.rendering import (
     BIN,
     DEPLOY_ENV_PLACEHOLDER,
@@ -41,7 +42,9 @@ from tests.rendering import (
     render,
     run,
     run_checks,
+    sync,
 )
+from tests.test_ci_platforms import node_tools  # noqa: F401 (the fixture the GitLab job needs)
 
 RUNTIMES = ["process", "docker", "kubernetes", "ecs"]
 CONTAINER_RUNTIMES = RUNTIMES[1:]
@@ -630,16 +633,22 @@ def test_the_check_matrix_covers_every_choice() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("answers", check_matrix(), ids=lambda a: "-".join(a.values()))
 def test_generated_repository_passes_its_own_checks(
-    template: Path, tmp_path: Path, answers: dict[str, str]
+    template: Path, tmp_path: Path, answers: dict[str, str], request: pytest.FixtureRequest
 ) -> None:
     """What the repository's CI runs: ruff and pytest (the flow on its runner, with its secret
-    backend); on threads also pre-commit, `ops validate` and the work pool reconcile creates."""
+    backend); on threads also pre-commit, `ops validate` and the work pool reconcile creates.
+    On GitLab CI and threads, the generated `check` job runs them itself (gitlab-ci-local)."""
     repo = render(template, tmp_path / "sales-etl", answers)
-    env = run_checks(repo)
     uv = str(BIN / "uv")
     if answers["task_runner"] != PRECOMMIT_RUNNER:
+        run_checks(repo)
         return
-    run([uv, "run", "pre-commit", "run", "--all-files"], cwd=repo, env=env)
+    if answers["ci_platform"] == "gitlab-ci":
+        env = sync(repo)
+        run_check_job(repo, env, request.getfixturevalue("node_tools"), tmp_path)
+    else:
+        env = run_checks(repo)
+        run([uv, "run", "pre-commit", "run", "--all-files"], cwd=repo, env=env)
     state = run([uv, "run", "python", "-c", VALIDATE_AND_READ_POOLS], cwd=repo, env=env)
     pools = json.loads(state.strip().splitlines()[-1])
     assert set(pools) == {"sales-etl-dev"}

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
@@ -142,6 +144,22 @@ def pinned(version: Version, image_tag: str) -> dict[str, str]:
     return variables
 
 
+@contextmanager
+def pinned_environment(version: Version) -> Iterator[None]:
+    """os.environ with the deploy variables of this version, as it was afterwards."""
+    variables = pinned(version, version.commit[:12])
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def choose_version(
     client: SyncPrefectClient,
     state: DesiredState,
@@ -179,20 +197,10 @@ def deploy(environment: str, root: Path, *, to: str | None, default_branch: str)
     check_api(api_url)  # before any read: an empty URL would read a temporary local API
     with get_client(sync_client=True) as client:
         version = choose_version(client, state, root, to=to, default_branch=default_branch)
-    variables = pinned(version, version.commit[:12])
     print(f"Deploying '{environment}' at version {version}.")
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        with deploy_environment(root):
-            preflight(state, api_url, prebuilt_image=builds_image(state), root=root)
+    with pinned_environment(version), deploy_environment(root):
+        preflight(state, api_url, prebuilt_image=builds_image(state), root=root)
         reconcile(state, root, dry_run=False, skip_deploy=False, prebuilt_image=builds_image(state))
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     return version
 
 

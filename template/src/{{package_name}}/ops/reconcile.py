@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import yaml
@@ -268,14 +269,20 @@ def plan_automations(
 
 
 @contextmanager
-def prefect_file(root: Path, prebuilt_image: bool) -> Iterator[list[str]]:
+def prefect_file(
+    root: Path, prebuilt_image: bool, deployments: list[dict[str, Any]] | None = None
+) -> Iterator[list[str]]:
     """`prefect deploy` arguments for the project file: prefect.yaml itself, or a copy without
-    its build and push steps when CI has already built and pushed the image for IMAGE_TAG."""
-    if not prebuilt_image:
+    its build and push steps when CI has already built and pushed the image for IMAGE_TAG,
+    and with other deployments (a request's previews) when given."""
+    if not prebuilt_image and deployments is None:
         yield []
         return
     project = yaml.safe_load((root / "prefect.yaml").read_text(encoding="utf-8"))
-    project.update(build=None, push=None)
+    if prebuilt_image:
+        project.update(build=None, push=None)
+    if deployments is not None:
+        project["deployments"] = deployments
     with tempfile.NamedTemporaryFile(
         "w", dir=root, prefix=".prefect-prebuilt-", suffix=".yaml", encoding="utf-8"
     ) as copy:
@@ -284,12 +291,19 @@ def prefect_file(root: Path, prebuilt_image: bool) -> Iterator[list[str]]:
         yield ["--prefect-file", copy.name]
 
 
-def deploy(root: Path, names: list[str], *, prebuilt_image: bool = False) -> None:
+def deploy(
+    root: Path,
+    names: list[str],
+    *,
+    prebuilt_image: bool = False,
+    deployments: list[dict[str, Any]] | None = None,
+) -> None:
     """Run `prefect deploy` for these deployments: it resolves prefect.yaml's steps itself."""
     args = [sys.executable, "-m", "prefect", "--no-prompt", "deploy"]
     for name in names:
         args += ["--name", name]
-    with deploy_environment(root) as env, prefect_file(root, prebuilt_image) as file_args:
+    project_file = prefect_file(root, prebuilt_image, deployments)
+    with deploy_environment(root) as env, project_file as file_args:
         # The API this process talks to, even when it comes from a settings context (tests).
         if api_url := get_current_settings().api.url:
             env["PREFECT_API_URL"] = api_url
