@@ -21,6 +21,7 @@ demo: $(STAMP) ## Render the defaults and run them end to end on a local Prefect
 	@$(BIN)/python -m tests.e2e.demo $(DEMO_ARGS)
 
 test: $(STAMP) ## Run the whole suite, slow end-to-end tests included
+	@tests/e2e/docker_host.sh
 	@$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "" --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## Run the fast tests only
@@ -36,6 +37,7 @@ bench: $(STAMP) ## Run the benchmarks in bench/ and print their ratios
 	@$(BIN)/python -m bench.foundation_bench
 	@$(BIN)/python -m bench.concurrency_bench
 	@$(BIN)/python -m bench.fleet_bench
+	@$(BIN)/python -m bench.cluster_bench
 	@$(BIN)/python -m bench.render_bench
 
 clean: ## Remove the tool environment and caches

@@ -107,7 +107,7 @@ def test_backend_has_its_module_fixtures_and_readme(
         assert name in module
     assert "def provide_secret(" in (repo / "tests" / "secret_fixtures.py").read_text()
     has_backend_tests = (repo / "tests" / "test_secret_backend.py").exists()
-    assert has_backend_tests == (backend not in {"env", "prefect"})
+    assert has_backend_tests == (backend != "prefect")
     assert (package / "ops" / "sync_secrets.py").exists() == (backend == "prefect")
     assert (repo / "tests" / "test_sync_secrets.py").exists() == (backend == "prefect")
     readme = (repo / "README.md").read_text()
@@ -157,7 +157,9 @@ def test_makefile_has_sync_secrets_only_for_prefect(
     sync = "uv run python -m sales_etl.ops.sync_secrets --env prod\n"
     assert dry_run("sync-secrets") == sync
     # make deploy, what CI runs, syncs the blocks before it reconciles.
-    assert dry_run("deploy") == sync + "uv run python -m sales_etl.ops reconcile --env prod\n"
+    assert dry_run("deploy") == (
+        sync + "uv run python -m sales_etl.ops.promote --env prod --default-branch main\n"
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

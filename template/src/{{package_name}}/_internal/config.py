@@ -14,10 +14,28 @@ import yaml
 
 CONFIG_DIR_VAR = "PIPELINE_CONFIG_DIR"
 ENVIRONMENT_VAR = "PIPELINE_ENV"
+# How a `prefect deploy` placeholder starts (the braces are doubled in prefect.yaml).
+UNFILLED = "{" * 2
 
 
 class ConfigError(RuntimeError):
     """A config file is missing or malformed."""
+
+
+def required_setting(name: str) -> str:
+    """A non-secret setting from the environment, such as a secret backend's address.
+
+    On a container runtime the flow run's environment is its deployment's job_variables.env,
+    filled from the deploying environment's variables: `prefect deploy` leaves its placeholder
+    for NAME in place when NAME was unset there, so that counts as unset too.
+    """
+    value = os.environ.get(name, "").strip()
+    if not value or value.startswith(UNFILLED):
+        raise ConfigError(
+            f"{name} is not set in the flow run's environment: set it where the worker runs, "
+            f"or in the deploying environment's variables before `make reconcile` (README.md)."
+        )
+    return value
 
 
 def config_dir() -> Path:
@@ -56,3 +74,9 @@ def read_environment(environment: str, directory: Path | None = None) -> dict[st
             f"config/ defines: {', '.join(known) or 'none'}."
         )
     return {"environment": environment, **read_yaml(directory / f"{environment}.yaml")}
+
+
+def tag_limit(tag: str, directory: Path | None = None) -> int | None:
+    """The task tag limit config/orchestration.yaml declares for `tag`, if it declares one."""
+    limits = read_yaml((directory or config_dir()) / "orchestration.yaml").get("tag_limits") or {}
+    return int(limits[tag]) if tag in limits else None
