@@ -65,7 +65,7 @@ ODD_ANSWERS: dict[str, dict[str, Any]] = {
     },
     "shell-and-jinja": {
         "project_name": "ETL $(rm -rf ~) `id` {{ 7*7 }}",
-        "description": "{{ 7*7 }} {% if x %}{# c #} ${HOME} $PATH \\n \\ ' \" ${{ secrets.X }}",
+        "description": "{{ 7*7 }} {% if x %}{# c #} ${HOME} $PATH \\n \\ ' \" ${{ a b }} {{ }}",
         "author_name": "Bobby'); DROP TABLE teams;--",
         "ci_platform": "azure-pipelines",
         "runtime": "ecs",

@@ -202,6 +202,15 @@ REFUSED: list[tuple[dict[str, object], str, str]] = [
     ),
     ({"description": ""}, "description", "description: must not be empty."),
     *(
+        (
+            {"description": f"Loads {placeholder} nightly."},
+            "description",
+            f"description: 'Loads {placeholder} nightly.' holds '{placeholder}', a placeholder "
+            "prefect deploy would replace in prefect.yaml. Write it without the double braces.",
+        )
+        for placeholder in ("{{ $HOME }}", "{{secrets.X}}", "{{ prefect.variables.x }}")
+    ),
+    *(
         ({"author_email": value}, "author_email", f"author_email: {shown} {EMAIL}")
         for value, shown in (
             ("not-an-email", "'not-an-email'"),
