@@ -159,7 +159,10 @@ def test_each_combination_has_its_files_and_dependencies(
     orchestration = load_yaml(repo / "config" / "orchestration.yaml")
     assert orchestration["work_pool_type"] == runtime
     base_job_template = orchestration.get("base_job_template")
-    assert base_job_template == ("deploy/ecs-base-job-template.json" if runtime == "ecs" else None)
+    # Kubernetes with the default env backend mounts the namespace's secrets as files.
+    templates = {"ecs": "deploy/ecs-base-job-template.json"}
+    templates["kubernetes"] = "deploy/kubernetes-base-job-template.json"
+    assert base_job_template == templates.get(runtime)
 
     # The files these answers add or change read as if written by hand.
     touched = [repo / name for name in ("prefect.yaml", "Makefile", "README.md")]
