@@ -37,6 +37,8 @@ bench: $(STAMP) ## Run the benchmarks in bench/ and print their ratios
 	@$(BIN)/python -m bench.foundation_bench
 	@$(BIN)/python -m bench.concurrency_bench
 	@$(BIN)/python -m bench.fleet_bench
+	@$(BIN)/python -m bench.cluster_bench
+	@$(BIN)/python -m bench.render_bench
 	@tests/e2e/docker_host.sh
 	@$(BIN)/python -m bench.docker_bench
 

@@ -6,13 +6,20 @@ the ideal wall time is ceil(M/L) x D; the ratio of the measured time (first task
 task end, from the task runs' timestamps on the server) to that ideal is the limit's overhead.
 The observed maximum of tasks running at once must never exceed L.
 
-`python -m bench.concurrency_bench flow TAG M D` runs the bulk flow alone against
-PREFECT_API_URL and prints its flow run id (tests/test_orchestration_e2e.py uses it).
+Side by side, the same tasks fanned out as the example flow fans out its loads: the template's
+map_under_limit (src/<package>/_internal/fanout.py), which takes L slots of the tag's limit once
+for the flow run and keeps at most L tasks in flight in them, so none waits on the server for a
+slot; that ratio must stay within 1.25 (exit 1 otherwise).
+
+`python -m bench.concurrency_bench flow TAG M D [L]` runs the bulk flow alone against
+PREFECT_API_URL (with L: through map_under_limit) and prints its flow run id
+(tests/test_orchestration_e2e.py uses it).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -28,10 +35,25 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+FANOUT = ROOT / "template" / "src" / "{{package_name}}" / "_internal" / "fanout.py"
+BOUNDED_CEILING = 1.25
 
 
-def run_bulk_flow(tag: str, tasks: int, seconds: float) -> str:
-    """The bulk flow, run in this process; returns its flow run id."""
+def template_map_under_limit() -> Any:  # noqa: ANN401 - a function loaded from a file
+    """The generated package's map_under_limit, loaded from the template's plain Python file."""
+    spec = importlib.util.spec_from_file_location("template_fanout", FANOUT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.map_under_limit
+
+
+def run_bulk_flow(tag: str, tasks: int, seconds: float, bound: int | None = None) -> str:
+    """The bulk flow, run in this process; returns its flow run id.
+
+    With `bound`, the tasks go through the template's map_under_limit with that many slots,
+    untagged: the flow run holds the slots for them.
+    """
     from prefect import flow, task
     from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -43,6 +65,9 @@ def run_bulk_flow(tag: str, tasks: int, seconds: float) -> str:
     # One thread per task: only the tag limit may hold a task back.
     @flow(name="concurrency-bench", task_runner=ThreadPoolTaskRunner(max_workers=tasks))
     def bulk() -> int:
+        if bound:
+            untagged = hold.with_options(tags=set())
+            return len(template_map_under_limit()(untagged, range(tasks), tag, bound))
         return len(hold.map(range(tasks)).result())
 
     state = bulk(return_state=True)
@@ -108,10 +133,18 @@ def wall_seconds(spans: list[Span]) -> float:
     return (max(s.end for s in spans) - min(s.start for s in spans)).total_seconds()
 
 
-def start_bulk_flow(api_url: str, env: dict[str, str], tag: str, tasks: int, seconds: float) -> str:
+def start_bulk_flow(
+    api_url: str,
+    env: dict[str, str],
+    tag: str,
+    tasks: int,
+    seconds: float,
+    bound: int | None = None,
+) -> str:
     """Run the bulk flow in a fresh interpreter against `api_url`; returns its flow run id."""
+    command = ["-m", "bench.concurrency_bench", "flow", tag, str(tasks), str(seconds)]
     result = subprocess.run(
-        [sys.executable, "-m", "bench.concurrency_bench", "flow", tag, str(tasks), str(seconds)],
+        [sys.executable, *command, *([str(bound)] if bound else [])],
         cwd=ROOT,
         env={**env, "PREFECT_API_URL": api_url},
         capture_output=True,
@@ -149,9 +182,15 @@ class Measurement:
 
 
 def measure(
-    api_url: str, env: dict[str, str], tag: str, limit: int, tasks: int, seconds: float
+    api_url: str,
+    env: dict[str, str],
+    tag: str,
+    limit: int,
+    tasks: int,
+    seconds: float,
+    bound: int | None = None,
 ) -> Measurement:
-    flow_run_id = start_bulk_flow(api_url, env, tag, tasks, seconds)
+    flow_run_id = start_bulk_flow(api_url, env, tag, tasks, seconds, bound)
     spans = task_spans(api_url, flow_run_id)
     if len(spans) != tasks:
         raise RuntimeError(f"expected {tasks} finished task runs, the server has {len(spans)}")
@@ -172,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if rest[:1] == ["flow"]:
         tag, tasks, seconds = rest[1], int(rest[2]), float(rest[3])
-        print(run_bulk_flow(tag, tasks, seconds))
+        bound = int(rest[4]) if len(rest) > 4 else None
+        print(run_bulk_flow(tag, tasks, seconds, bound))
         return 0
 
     from tests.e2e.server import running_server
@@ -205,12 +245,31 @@ def main(argv: list[str] | None = None) -> int:
                 result = measure(server.api_url, env, tag, args.limit, args.tasks, args.seconds)
                 print(f"run {number}: {result}", flush=True)
                 results.append(result)
+            bounded = []
+            for number in range(1, args.runs + 1):
+                result = measure(
+                    server.api_url, env, tag, args.limit, args.tasks, args.seconds, args.limit
+                )
+                print(f"map_under_limit run {number}: {result}", flush=True)
+                bounded.append(result)
+    print(f"tag limit alone: {summary(results, args.limit)}")
+    print(f"map_under_limit (the example flow's fan-out): {summary(bounded, args.limit)}")
+    within = median_ratio(bounded) <= BOUNDED_CEILING
+    print(f"map_under_limit median ratio within {BOUNDED_CEILING}: {'yes' if within else 'NO'}")
+    return 0 if within and all(r.peak <= args.limit for r in results + bounded) else 1
+
+
+def median_ratio(results: list[Measurement]) -> float:
     ratios = sorted(r.ratio for r in results)
-    print(
-        f"median ratio {ratios[len(ratios) // 2]:.2f} (min {ratios[0]:.2f}, max {ratios[-1]:.2f}); "
-        f"max running at once {max(r.peak for r in results)} (limit {args.limit})"
+    return ratios[len(ratios) // 2]
+
+
+def summary(results: list[Measurement], limit: int) -> str:
+    ratios = sorted(r.ratio for r in results)
+    return (
+        f"median ratio {median_ratio(results):.2f} (min {ratios[0]:.2f}, max {ratios[-1]:.2f}); "
+        f"max running at once {max(r.peak for r in results)} (limit {limit})"
     )
-    return 0 if all(r.peak <= args.limit for r in results) else 1
 
 
 if __name__ == "__main__":

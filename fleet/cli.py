@@ -10,8 +10,10 @@ from pathlib import Path
 from rich.console import Console
 
 from fleet import repo as g
+from fleet.interrupt import Stopper
 from fleet.progress import progress
 from fleet.report import exit_code, summary, write_reports
+from fleet.status import print_status
 from fleet.update import Options, default_branch, run_fleet
 
 
@@ -57,6 +59,37 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument(
         "--trust", action="store_true", help="pass --trust to copier (tasks, migrations)"
     )
+    update.add_argument(
+        "--push",
+        action="store_true",
+        help="push each committed update branch and print the link that opens its PR/MR",
+    )
+    update.add_argument(
+        "--lock-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for a repo another fleet run holds (default: refuse at once)",
+    )
+    status = commands.add_parser(
+        "status",
+        help="inventory: template release, answers, dirty, open update branches (read-only)",
+        description=(
+            "Report each REPO's template release and how many releases it is behind, its "
+            "answers, whether it is dirty or has an open update branch, and conflicts left by "
+            "an update. Changes nothing and renders nothing."
+        ),
+    )
+    status.add_argument("repos", nargs="*", metavar="REPO", help="local path")
+    status.add_argument(
+        "--repos-file", type=Path, metavar="FILE", help="one REPO per line, # comments"
+    )
+    status.add_argument(
+        "--format", choices=("markdown", "json"), default="markdown", help="default: markdown"
+    )
+    status.add_argument(
+        "--template", metavar="SRC", help="where to read releases (default: each _src_path)"
+    )
     return parser
 
 
@@ -72,7 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     repos = _dedupe(repos)
     if not repos:
         parser.error("no repositories given")
+    if args.command == "status":
+        return print_status(repos, args.format, _absolute_if_local(args.template))
+    return _update(args, repos)
 
+
+def _update(args: argparse.Namespace, repos: list[str]) -> int:
     report_dir = args.report.resolve()
     options = Options(
         to_ref=args.to,
@@ -83,12 +121,20 @@ def main(argv: list[str] | None = None) -> int:
         run_checks=not args.no_checks,
         check_timeout=args.check_timeout,
         trust=args.trust,
+        lock_wait=args.lock_wait,
+        push=args.push,
     )
     console = Console()
-    with progress(len(repos), console) as on_done:
-        results = run_fleet(repos, options, args.jobs, on_done)
+    stopper = Stopper()
+    with stopper.handling_signals(), progress(len(repos), console) as on_done:
+        results = run_fleet(repos, options, args.jobs, on_done, stopper)
     _, md_path = write_reports(results, report_dir)
+    for r in results:
+        if r.pull_request:
+            print(f"pull request for {r.repo}: {r.pull_request}", flush=True)
     code = exit_code(results)
+    if stopper.signum is not None:
+        code = 128 + stopper.signum  # the shell convention for "stopped by a signal"
     print(f"{summary(results)} — report: {md_path} — exit {code}", flush=True)
     return code
 

@@ -40,6 +40,9 @@ def git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
         stdin=subprocess.DEVNULL,
         env=subprocess_env(),
         check=False,
+        # Out of the terminal's process group: Ctrl-C reaches the fleet, which lets a running
+        # git command finish (they are short) instead of leaving a half-written index.lock.
+        start_new_session=True,
     )
     if check and proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip()
@@ -184,12 +187,14 @@ def find_conflicts(repo: Path) -> list[str]:
     # Unmerged index entries: what copier's inline mode leaves, and what `git status` shows as UU.
     for line in git(repo, "ls-files", "-u").stdout.splitlines():
         found.add(line.partition("\t")[2])
-    found.update(git(repo, "diff", "--name-only", "--diff-filter=U").stdout.splitlines())
+    # Plumbing (diff-files, diff-index) rather than `git diff`: porcelain diff refreshes the
+    # index file even with GIT_OPTIONAL_LOCKS=0, and `fleet status` must write nothing.
+    found.update(git(repo, "diff-files", "--name-only", "--diff-filter=U").stdout.splitlines())
     # Markers on added lines only: a file that already contained markers (docs about merging,
     # test fixtures) before the update is not this update's conflict. Binary files show no lines.
     diff = git(
         repo,
-        *("diff", "HEAD", "--no-color", "--no-ext-diff", "-U0", "--no-renames"),
+        *("diff-index", "-p", "HEAD", "--no-color", "--no-ext-diff", "-U0", "--no-renames"),
         *("--src-prefix=a/", "--dst-prefix=b/"),  # whatever diff.noprefix/mnemonicPrefix say
     )
     current: str | None = None
@@ -199,7 +204,7 @@ def find_conflicts(repo: Path) -> list[str]:
         elif current and line.startswith("+") and _MARKER.match(line[1:]):
             found.add(current)
     # git's own judgement, restricted to start/end markers for the heading-underline reason above.
-    check = git(repo, "diff", "HEAD", "--check", "--no-color", check=False)
+    check = git(repo, "diff-index", "--check", "--no-color", "HEAD", check=False)
     for line in check.stdout.splitlines():
         path, _, rest = line.partition(":")
         lineno, _, what = rest.partition(":")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -18,6 +20,8 @@ class Status(StrEnum):
     SKIPPED_CURRENT = "skipped-current"
     SKIPPED_BRANCH_EXISTS = "skipped-branch-exists"
     SKIPPED_NOT_A_COPIER_REPO = "skipped-not-a-copier-repo"
+    SKIPPED_LOCKED = "skipped-locked"
+    INTERRUPTED = "interrupted"
     ERROR = "error"
 
 
@@ -45,6 +49,7 @@ class RepoResult:
     checks: Checks | None = None
     seconds: float = 0.0
     message: str | None = None
+    pull_request: str | None = None  # with --push: the link that opens the PR/MR
 
 
 def exit_code(results: list[RepoResult]) -> int:
@@ -56,13 +61,36 @@ def summary(results: list[RepoResult]) -> str:
     return ", ".join(f"{counts[s]} {s}" for s in Status if counts[s])
 
 
-def write_reports(results: list[RepoResult], directory: Path) -> tuple[Path, Path]:
+def prepare_dir(directory: Path) -> None:
+    """Create the report folder, ignored by git from inside (it may sit in a fleet repo)."""
     directory.mkdir(parents=True, exist_ok=True)
-    json_path = directory / "report.json"
-    md_path = directory / "report.md"
-    json_path.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
-    md_path.write_text(render_markdown(results))
-    return json_path, md_path
+    ignore = directory / ".gitignore"
+    # Never in a repository's own top level (`--report .`): `*` there would hide the repository.
+    if not ignore.exists() and not (directory / ".git").exists():
+        # `*` ignores the folder itself too: a run from inside a repository it updates (the
+        # default folder is ./fleet-report) must not make that repository dirty next time.
+        ignore.write_text("# Written by python -m fleet: reports, logs, clones.\n*\n")
+
+
+def write_reports(results: list[RepoResult], directory: Path) -> tuple[Path, Path]:
+    """Write report-<UTC time>.json and .md; never over an earlier run's files."""
+    prepare_dir(directory)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for n in itertools.count(1):
+        stem = f"report-{stamp}" if n == 1 else f"report-{stamp}-{n}"
+        json_path, md_path = directory / f"{stem}.json", directory / f"{stem}.md"
+        try:
+            # Exclusive creation: two runs finishing in the same second get distinct names.
+            with json_path.open("x") as f:
+                f.write(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+        except FileExistsError:
+            continue
+        if md_path.exists():
+            json_path.unlink()
+            continue
+        md_path.write_text(render_markdown(results))
+        return json_path, md_path
+    raise AssertionError("unreachable")
 
 
 def render_markdown(results: list[RepoResult]) -> str:
@@ -87,7 +115,7 @@ def render_markdown(results: list[RepoResult]) -> str:
         ]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
 
-    details = [r for r in results if r.conflicts or r.checks or r.message]
+    details = [r for r in results if r.conflicts or r.checks or r.message or r.pull_request]
     if details:
         lines += ["", "## Details"]
     for r in details:
@@ -96,6 +124,8 @@ def render_markdown(results: list[RepoResult]) -> str:
             lines.append(f"- Worktree: `{r.path}`")
         if r.message:
             lines.append(f"- Message: {r.message}")
+        if r.pull_request:
+            lines.append(f"- Pushed `{r.branch}`; open the pull request: <{r.pull_request}>")
         if r.conflicts:
             lines.append(f"- Conflicts, left uncommitted on `{r.branch}`; resolve, then commit:")
             lines += [f"  - `{path}`" for path in r.conflicts]

@@ -3,6 +3,9 @@
 v1 -> v2 changes one line of ``settings.ini`` (``retries = 1`` -> ``retries = 3``) and adds
 ``CHANGELOG.md``. A team edit of that same line conflicts; an edit elsewhere merges cleanly.
 Rendered repos carry a Makefile whose ``check`` target passes, so default checks run.
+
+``add_gated_release`` adds v3, whose migration (after copier has written the new files) waits
+while a gate file exists: tests interrupt an update at exactly that point, no sleep-guessing.
 """
 
 from __future__ import annotations
@@ -34,6 +37,16 @@ project_name:
 owner:
   type: str
   default: data-team
+# The answers `fleet status` lists, as copier-prefect asks them.
+runtime:
+  type: str
+  default: process
+secret_backend:
+  type: str
+  default: env
+ci_platform:
+  type: str
+  default: github-actions
 """
 _ANSWERS = """\
 # Changes here will be overwritten by Copier; NEVER EDIT MANUALLY
@@ -96,6 +109,37 @@ def build_template(root: Path) -> Path:
     run_git(root, "commit", "--quiet", "-m", "template v2")
     run_git(root, "tag", "v2")
     return root
+
+
+GATE_ENV = "FLEET_TEST_GATE"  # path prefix: <prefix>.reached is written, <prefix>.hold waited on
+_GATED_MIGRATION = """\
+import os, pathlib, time
+gate = os.environ.get("FLEET_TEST_GATE")
+if gate:
+    pathlib.Path(gate + ".reached").write_text(str(os.getpid()))
+    deadline = time.monotonic() + 120
+    while pathlib.Path(gate + ".hold").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+"""
+
+
+def add_gated_release(template: Path, tag: str = "v3") -> None:
+    """Tag `tag` on `template`: one more settings change and a migration that can be held."""
+    # `~*` is in copier's default _exclude: the script stays out of rendered repositories.
+    (template / "~migrate.py").write_text(_GATED_MIGRATION)
+    migrations = (
+        "_migrations:\n"
+        f"  - version: {tag}\n"
+        "    when: \"{{ _stage == 'after' }}\"\n"
+        '    command: ["{{ _copier_python }}", "{{ _copier_conf.src_path }}/~migrate.py"]\n'
+    )
+    copier_yml = template / "copier.yml"
+    copier_yml.write_text(migrations + copier_yml.read_text())
+    settings = template / CHANGED_FILE
+    settings.write_text(settings.read_text().replace("timeout = 60", "timeout = 90"))
+    run_git(template, "add", "-A")
+    run_git(template, "commit", "--quiet", "-m", f"template {tag}")
+    run_git(template, "tag", tag)
 
 
 def render_repo(

@@ -15,7 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleet import repo as g
-from fleet.report import Checks, RepoResult, Status
+from fleet import safety
+from fleet.interrupt import Interrupted, Stopper
+from fleet.push import push_branch
+from fleet.report import Checks, RepoResult, Status, prepare_dir
+from fleet.worker import CopierWorker, WorkerPool
 
 TAIL_LINES = 60
 TAIL_CHARS = 6000
@@ -31,6 +35,8 @@ class Options:
     run_checks: bool = True
     check_timeout: float = 1800.0
     trust: bool = False
+    lock_wait: float = 0.0
+    push: bool = False
 
     @property
     def workdir(self) -> Path:
@@ -38,13 +44,22 @@ class Options:
         return self.report_dir / "repos"
 
 
+@dataclass
+class Context:
+    """What the repositories of one run share: ref lookups, warm copier workers, the stopper."""
+
+    options: Options
+    resolver: g.RefResolver
+    workers: WorkerPool
+    stopper: Stopper
+
+
 def default_branch(to_ref: str) -> str:
     return f"template-update/{to_ref}"
 
 
 def copier_update_command(to_ref: str, *, trust: bool = False) -> list[str]:
-    # A subprocess, not copier.run_update(): copier chdir()s the whole process while it works,
-    # so concurrent in-process updates would race. Same interpreter, so the same copier.
+    """The `copier update` a person would run by hand (the bench's loop runs it)."""
     return [
         sys.executable,
         "-m",
@@ -66,33 +81,49 @@ def run_fleet(
     options: Options,
     jobs: int,
     on_done: Callable[[RepoResult], None] = lambda _: None,
+    stopper: Stopper | None = None,
 ) -> list[RepoResult]:
-    """Update every repo, `jobs` at a time; results come back in input order."""
-    resolver = g.RefResolver()
+    """Update every repo, `jobs` at a time; results come back in input order.
+
+    Once `stopper` is stopped, repositories not yet started come back `interrupted` untouched
+    and running ones are restored (see `_update_locked`); every repository gets a result.
+    """
+    stopper = stopper or Stopper()
+    size = max(1, min(jobs, len(repos)))
+    prepare_dir(options.report_dir)  # git-ignored before anything is written into it
+    logs = options.report_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    env = _copier_env(options.report_dir / ".pycache")
+    pool = WorkerPool(
+        size, lambda n: CopierWorker(env, logs / f"copier-worker-{os.getpid()}-{n}.log", stopper)
+    )
+    ctx = Context(options, g.RefResolver(), pool, stopper)
     results: list[RepoResult | None] = [None] * len(repos)
-    pool = ThreadPoolExecutor(max_workers=max(1, min(jobs, len(repos))))
     try:
-        futures = {
-            pool.submit(update_repo, spec, options, resolver): i for i, spec in enumerate(repos)
-        }
-        for future in as_completed(futures):
-            result = future.result()
-            results[futures[future]] = result
-            on_done(result)
-    except BaseException:
-        # Ctrl-C: start nothing new; the running subprocesses got the same SIGINT.
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown()
+        with ThreadPoolExecutor(max_workers=size) as threads:
+            futures = {threads.submit(update_repo, spec, ctx): i for i, spec in enumerate(repos)}
+            for future in as_completed(futures):
+                result = future.result()
+                results[futures[future]] = result
+                on_done(result)
+    finally:
+        pool.close()
     return [r for r in results if r is not None]
 
 
-def update_repo(spec: str, options: Options, resolver: g.RefResolver) -> RepoResult:
+def update_repo(spec: str, ctx: Context) -> RepoResult:
     """Never raises: one broken repo must not stop the fleet."""
-    result = RepoResult(repo=spec, to_ref=options.to_ref)
+    result = RepoResult(repo=spec, to_ref=ctx.options.to_ref)
     start = time.monotonic()
     try:
-        result.status = _update(spec, options, resolver, result)
+        if ctx.stopper.stopping:
+            result.status = Status.INTERRUPTED
+            result.message = "not started: the run was interrupted; a rerun updates it"
+        else:
+            result.status = _update(spec, ctx, result)
+    except Interrupted:
+        result.status = Status.INTERRUPTED
+        result.message = "stopped before its update began: unchanged; a rerun updates it"
     except Exception as exc:
         result.status = Status.ERROR
         result.message = result.message or f"{type(exc).__name__}: {exc}"
@@ -100,13 +131,31 @@ def update_repo(spec: str, options: Options, resolver: g.RefResolver) -> RepoRes
     return result
 
 
-def _update(spec: str, options: Options, resolver: g.RefResolver, result: RepoResult) -> Status:
-    path = _locate(spec, options.workdir)
+def _update(spec: str, ctx: Context, result: RepoResult) -> Status:
+    path = _locate(spec, ctx.options.workdir)
     result.path = str(path)
     top = g.toplevel(path)
     if top is None:
         result.message = "not a git repository"
         return Status.ERROR
+    gitdir = safety.git_dir(top)
+    try:
+        with safety.repo_lock(gitdir, ctx.options.lock_wait):
+            return _update_locked(path, top, gitdir, ctx, result)
+    except safety.Locked as exc:
+        result.message = str(exc)
+        return Status.SKIPPED_LOCKED
+
+
+def _update_locked(path: Path, top: Path, gitdir: Path, ctx: Context, result: RepoResult) -> Status:
+    options = ctx.options
+    marker = safety.read_marker(gitdir)
+    if marker and g.current_branch(top) == marker.update_branch:
+        # An earlier run died mid-update (it could not restore): its changes are ours to drop.
+        safety.restore(top, gitdir, marker)
+        result.message = f"resumed: an earlier run was cut short on {marker.update_branch}"
+    elif marker:
+        safety.finish(gitdir)  # someone moved on from that branch by hand: not ours any more
     if g.is_dirty(top):
         return Status.SKIPPED_DIRTY
 
@@ -118,7 +167,7 @@ def _update(spec: str, options: Options, resolver: g.RefResolver, result: RepoRe
     if not answers.commit or not src:
         result.message = f"{g.ANSWERS_FILE} lacks _commit or _src_path: copier cannot update it"
         return Status.ERROR
-    if resolver.same_commit(src, answers.commit, options.to_ref):
+    if ctx.resolver.same_commit(src, answers.commit, options.to_ref):
         return Status.SKIPPED_CURRENT
 
     result.branch = options.branch
@@ -126,32 +175,59 @@ def _update(spec: str, options: Options, resolver: g.RefResolver, result: RepoRe
         result.message = f"invalid branch name {options.branch!r}"
         return Status.ERROR
     if g.branch_exists(top, options.branch):
-        return Status.SKIPPED_BRANCH_EXISTS
-    previous_branch, base = g.current_branch(top), g.head_commit(top)
+        base = safety.leftover_base(top, options.branch)
+        if base is None:
+            return Status.SKIPPED_BRANCH_EXISTS
+        # Empty: nothing on it to lose. Recreated from where the repository stands.
+        if g.current_branch(top) == options.branch:
+            g.git(top, "switch", "--quiet", base)
+        g.git(top, "branch", "--quiet", "-D", options.branch)
+    before = safety.Before(
+        branch=g.current_branch(top),
+        commit=g.head_commit(top),
+        update_branch=options.branch,
+        to_ref=options.to_ref,
+    )
+    ctx.stopper.check()
+    safety.begin(top, gitdir, before)
+    try:
+        status = _apply(path, top, ctx, result, answers.src_path)
+    except Interrupted:
+        return _interrupted(top, gitdir, before, ctx, result)
+    except Exception:
+        _restore_after_error(top, gitdir, before, result)
+        raise
+    if status is Status.ERROR:
+        _restore_after_error(top, gitdir, before, result)
+        return status
+    safety.finish(gitdir)
+    if options.push and status in (Status.UPDATED, Status.CHECKS_FAILED):
+        try:
+            result.pull_request = push_branch(top, options.branch, before.branch)
+        except g.GitError as exc:
+            result.message = f"committed on {options.branch}, but the push failed: {exc}"
+            return Status.ERROR
+    return status
+
+
+def _apply(path: Path, top: Path, ctx: Context, result: RepoResult, src_path: str | None) -> Status:
+    """Branch, update, commit, check: every step may raise Interrupted."""
+    options = ctx.options
     g.git(top, "switch", "--quiet", "-c", options.branch)
-    if options.template and options.template != answers.src_path:
+    if options.template and options.template != src_path:
         g.repoint_answers(path, options.template)
         g.commit_all(top, f"chore: point template source to {options.template}")
+    ctx.stopper.check()
 
-    proc = subprocess.run(
-        copier_update_command(options.to_ref, trust=options.trust),
-        cwd=path,
-        capture_output=True,
-        text=True,
-        errors="replace",
-        stdin=subprocess.DEVNULL,
-        env=_copier_env(options.report_dir / ".pycache"),
-        check=False,
-    )
-    if proc.returncode != 0:
-        result.message = f"copier update exited {proc.returncode}: {_tail(proc.stderr, 15)}"
-        if not g.is_dirty(top):
-            # Nothing written: drop our branch so a rerun starts from scratch.
-            restore = [previous_branch] if previous_branch else ["--detach", base]
-            g.git(top, "switch", "--quiet", *restore)
-            g.git(top, "branch", "--quiet", "-D", options.branch)
-            result.branch = None
+    worker = ctx.workers.borrow()
+    try:
+        ok, error = worker.update(path, options.to_ref, trust=options.trust)
+    finally:
+        ctx.workers.give_back(worker)
+    if not ok:
+        result.message = f"copier update failed: {_tail(error, 15)}"
         return Status.ERROR
+    ctx.stopper.check()
 
     result.conflicts = g.find_conflicts(top)
     if result.conflicts:
@@ -160,10 +236,43 @@ def _update(spec: str, options: Options, resolver: g.RefResolver, result: RepoRe
 
     command = options.check if options.check is not None else _default_check(path)
     if options.run_checks and command:
-        result.checks = run_checks(command, path, options.check_timeout)
+        result.checks = run_checks(command, path, options.check_timeout, ctx.stopper)
+        if ctx.stopper.stopping:
+            raise Interrupted  # the check was killed: it says nothing about the update
         if result.checks.returncode != 0:
             return Status.CHECKS_FAILED
     return Status.UPDATED
+
+
+def _interrupted(
+    top: Path, gitdir: Path, before: safety.Before, ctx: Context, result: RepoResult
+) -> Status:
+    name = signal.Signals(ctx.stopper.signum or signal.SIGTERM).name
+    where = before.branch or f"detached {before.commit[:12]}"
+    result.checks = None
+    result.conflicts = []
+    try:
+        safety.restore(top, gitdir, before)
+    except Exception as exc:
+        result.message = (
+            f"stopped by {name}; could not restore ({exc}). Left: on {before.update_branch} with "
+            f"a partial update; the next fleet run restores {where} and updates it again"
+        )
+        return Status.INTERRUPTED
+    result.branch = None
+    result.message = f"stopped by {name}; restored to {where} as it was: a rerun updates it"
+    return Status.INTERRUPTED
+
+
+def _restore_after_error(
+    top: Path, gitdir: Path, before: safety.Before, result: RepoResult
+) -> None:
+    # A failed update leaves nothing half-done behind: a rerun starts clean.
+    try:
+        safety.restore(top, gitdir, before)
+        result.branch = None
+    except Exception as exc:
+        result.message = f"{result.message or ''} (and restoring failed: {exc})".strip()
 
 
 def _copier_env(pycache: Path) -> dict[str, str]:
@@ -206,7 +315,7 @@ def _default_check(path: Path) -> str | None:
     return None
 
 
-def run_checks(command: str, cwd: Path, timeout: float) -> Checks:
+def run_checks(command: str, cwd: Path, timeout: float, stopper: Stopper | None = None) -> Checks:
     start = time.monotonic()
     # The operator's own shell command line, run as given; its own session so a timeout can kill
     # everything it started (otherwise a grandchild holding the pipe blocks us forever).
@@ -221,6 +330,8 @@ def run_checks(command: str, cwd: Path, timeout: float) -> Checks:
         errors="replace",
         start_new_session=True,
     ) as proc:
+        if stopper:
+            stopper.register(proc.pid)
         returncode: int | None
         try:
             output, _ = proc.communicate(timeout=timeout)
@@ -230,6 +341,9 @@ def run_checks(command: str, cwd: Path, timeout: float) -> Checks:
             output, _ = proc.communicate()
             output += f"\n[fleet] killed after {timeout:g} s"
             returncode = None
+        finally:
+            if stopper:
+                stopper.unregister(proc.pid)
     return Checks(
         command=command,
         returncode=returncode,

@@ -31,6 +31,7 @@ from tests.rendering import (
     DEPLOY_ENV_PLACEHOLDER,
     QUESTIONS,
     ROOT,
+    SET_WHEN_DEPLOYING,
     answers_of,
     choices,
     git,
@@ -575,7 +576,7 @@ def test_deploy_jobs_provide_every_variable_prefect_yaml_reads(
         answers["image_registry"] = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
     repo = rendered(**answers)
     prefect_yaml = (repo / "prefect.yaml").read_text(encoding="utf-8")
-    needed = set(DEPLOY_ENV_PLACEHOLDER.findall(prefect_yaml)) - {"IMAGE_TAG"}
+    needed = set(DEPLOY_ENV_PLACEHOLDER.findall(prefect_yaml)) - SET_WHEN_DEPLOYING
     if runtime == "ecs":
         assert "ECS_CLUSTER" in needed
     readme = (repo / "README.md").read_text(encoding="utf-8")

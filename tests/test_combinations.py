@@ -1,5 +1,6 @@
 """Every runtime x task runner, and every secret backend and CI platform, renders a tidy tree
-that passes the generated repository's own ruff configuration."""
+that passes the generated repository's own ruff configuration, with the longest names the
+validators accept (the default names are checked by tests/test_runtimes.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.rendering import BIN, choices, render, run
+from tests.test_odd_answers import LONGEST_NAMES
 from tests.test_render import template_leftovers, untidy
 
 COMBINATIONS = [
@@ -23,7 +25,7 @@ COMBINATIONS += [{"ci_platform": platform} for platform in choices("ci_platform"
 def test_combination_is_ruff_clean_and_tidy(
     template: Path, tmp_path: Path, answers: dict[str, str]
 ) -> None:
-    repo = render(template, tmp_path / "repo", answers)
+    repo = render(template, tmp_path / "repo", {**LONGEST_NAMES, **answers})
     ruff = str(BIN / "ruff")
     run([ruff, "check", "--no-cache", "."], cwd=repo, env={})
     run([ruff, "format", "--no-cache", "--check", "."], cwd=repo, env={})

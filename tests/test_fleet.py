@@ -41,6 +41,15 @@ def snapshot(repo: Path) -> dict[str, bytes]:
     return {p.relative_to(repo).as_posix(): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
 
 
+def report_path(directory: Path) -> Path:
+    """The newest report-*.json (runs never overwrite each other's)."""
+    return max(directory.glob("report-*.json"), key=lambda p: p.stat().st_mtime_ns)
+
+
+def read_report(directory: Path) -> list[dict]:
+    return json.loads(report_path(directory).read_text())
+
+
 def run_fleet(*argv: str) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -121,8 +130,11 @@ def fleet_run(tiny_template, pristine, tmp_path_factory) -> FleetRun:
     git(repos["plain"], "init", "--quiet", "--initial-branch=main")
     git(repos["plain"], "add", "-A")
     git(repos["plain"], "commit", "--quiet", "-m", "init")
+    # The branch holds work of its own (an earlier update); an empty one would be reused.
     repos["taken"] = copy_repo(pristine, root / "taken")
-    git(repos["taken"], "branch", BRANCH)
+    git(repos["taken"], "switch", "--quiet", "-c", BRANCH)
+    fx.commit_edit(repos["taken"], "README.md", lambda t: t + "wip\n", "wip: by hand")
+    git(repos["taken"], "switch", "--quiet", "main")
     origin = copy_repo(pristine, root / "origin")
 
     main_before = {
@@ -148,7 +160,7 @@ def fleet_run(tiny_template, pristine, tmp_path_factory) -> FleetRun:
     code, stdout = run_fleet(
         "--to", "v2", "--jobs", "4", "--report", str(report), "--check", check, *specs
     )
-    records = json.loads((report / "report.json").read_text())
+    records = read_report(report)
     by_name = dict(zip([*order, "remote"], records, strict=True))
     return FleetRun(
         code,
@@ -240,7 +252,7 @@ def test_repos_ran_in_parallel(fleet_run):
 
 def test_reports_and_exit_code(fleet_run):
     assert fleet_run.code == 1  # conflicts, a failed check and skips that need a human
-    records = json.loads((fleet_run.report / "report.json").read_text())
+    records = read_report(fleet_run.report)
     assert len(records) == 9
     assert set(records[0]) == {
         "repo",
@@ -253,11 +265,12 @@ def test_reports_and_exit_code(fleet_run):
         "checks",
         "seconds",
         "message",
+        "pull_request",
     }
     assert set(records[0]["checks"]) == {"command", "returncode", "seconds", "tail"}
     assert all(r["to_ref"] == "v2" and r["seconds"] >= 0 for r in records)
 
-    md = (fleet_run.report / "report.md").read_text()
+    md = report_path(fleet_run.report).with_suffix(".md").read_text()
     assert md.startswith("# Template rollout to `v2`")
     assert "| Repo | Status | From | Branch | Conflicts | Checks | Seconds |" in md
     table = [
@@ -268,7 +281,7 @@ def test_reports_and_exit_code(fleet_run):
     assert "broken by team" in md
 
     assert "[9/9]" in fleet_run.stdout  # plain progress lines when not on a terminal
-    assert "report.md — exit 1" in fleet_run.stdout
+    assert ".md — exit 1" in fleet_run.stdout
 
 
 def test_current_by_commit_sha_and_by_tag(tiny_template, pristine, tmp_path):
@@ -277,7 +290,7 @@ def test_current_by_commit_sha_and_by_tag(tiny_template, pristine, tmp_path):
     v1_sha = git(tiny_template, "rev-parse", "v1^{commit}")
     for ref in ("v1", v1_sha, v1_sha[:10]):
         code, _ = run_fleet("--to", ref, "--report", str(tmp_path / "report"), str(repo))
-        record = json.loads((tmp_path / "report" / "report.json").read_text())[0]
+        record = read_report(tmp_path / "report")[0]
         assert (code, record["status"]) == (0, "skipped-current"), ref
     assert snapshot(repo) == before
 
@@ -300,7 +313,7 @@ def test_template_override_and_default_make_check(tiny_template, pristine, tmp_p
     code, _ = run_fleet(
         "--to", "v2", "--template", str(mirror), "--report", str(tmp_path / "r"), str(repo)
     )
-    record = json.loads((tmp_path / "r" / "report.json").read_text())[0]
+    record = read_report(tmp_path / "r")[0]
     assert (code, record["status"]) == (0, "updated"), record
     assert record["checks"]["command"] == "make check"
     assert f"_src_path: {mirror}" in (repo / ".copier-answers.yml").read_text()
@@ -315,9 +328,9 @@ def test_copier_failure_restores_the_checkout(pristine, tmp_path):
     code, stdout = run_fleet(
         "--to", "v9", "--no-checks", "--report", str(tmp_path / "r"), str(repo)
     )
-    record = json.loads((tmp_path / "r" / "report.json").read_text())[0]
+    record = read_report(tmp_path / "r")[0]
     assert (code, record["status"], record["branch"]) == (1, "error", None)
-    assert "copier update exited" in record["message"]
+    assert "copier update failed: ValueError: Unknown revision" in record["message"]
     assert git(repo, "branch", "--format=%(refname:short)") == "main"
     assert git(repo, "status", "--porcelain") == ""
     assert "error" in stdout
@@ -353,7 +366,7 @@ def test_repos_file_comments_and_duplicates(tmp_path, git_env):
     code, _ = run_fleet(
         "--to", "v2", "--repos-file", str(listing), "--report", str(tmp_path / "r"), str(plain)
     )
-    records = json.loads((tmp_path / "r" / "report.json").read_text())
+    records = read_report(tmp_path / "r")
     assert [r["status"] for r in records] == ["skipped-not-a-copier-repo"]
     assert code == 1
 

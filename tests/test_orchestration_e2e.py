@@ -10,6 +10,7 @@ artifact reads back through the API.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,15 @@ from typing import Any
 
 import pytest
 
-from bench.concurrency_bench import Span, api, max_running, start_bulk_flow, task_spans
+from bench.concurrency_bench import (
+    BOUNDED_CEILING,
+    Span,
+    api,
+    max_running,
+    start_bulk_flow,
+    task_spans,
+    wall_seconds,
+)
 from tests.e2e.server import Server, running_server, running_worker
 from tests.rendering import BIN, answers_of, run, sync
 
@@ -100,6 +109,22 @@ def test_tag_limit_caps_concurrent_task_runs(pipeline: Pipeline) -> None:
     peak = max_running(spans)
     print(f"\ntag '{tag}' limit {limit}: at most {peak} of {tasks} task runs ran at once")
     assert 2 <= peak <= limit
+
+
+@pytest.mark.slow
+def test_bounded_fan_out_keeps_the_limit_and_comes_near_the_ideal(pipeline: Pipeline) -> None:
+    """The example flow's map_under_limit: no task waits on the server's back-off for a slot."""
+    (tag, limit), *_ = pipeline.answers["concurrency_limits"].items()
+    tasks, seconds = 3 * limit, 2.0
+    flow_run_id = start_bulk_flow(
+        pipeline.server.api_url, pipeline.env, tag, tasks, seconds, bound=limit
+    )
+    spans = task_spans(pipeline.server.api_url, flow_run_id)
+    assert len(spans) == tasks
+    ratio = wall_seconds(spans) / (math.ceil(tasks / limit) * seconds)
+    print(f"\nmap_under_limit, {tasks} x {seconds:g} s under limit {limit}: ratio {ratio:.2f}")
+    assert max_running(spans) <= limit
+    assert ratio <= BOUNDED_CEILING
 
 
 @pytest.mark.slow

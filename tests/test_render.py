@@ -140,24 +140,330 @@ def test_answers_change_the_output(template: Path, tmp_path: Path) -> None:
     assert limits == {"billing-api": 2, "ledger-db": 1}
 
 
+SLUG_RULE = (
+    "use lowercase letters, digits and dashes, starting with a letter and not ending with a dash"
+)
+PACKAGE_RULE = "use lowercase letters, digits and underscores, not starting with a digit"
+YAML_WORDS = "YAML reads y, n, yes, no, on, off, true, false and null as a boolean or nothing"
+YAML_NAME = (
+    "YAML reads y, n, yes, no, on, off, true, false, null and ~ as a boolean or nothing; "
+    "choose another name"
+)
+ENV_RULE = (
+    "use lowercase letters and digits, starting with a letter, at most 20 characters "
+    "(e.g. dev, staging, prod)"
+)
+TAG_RULE = "use lowercase letters, digits and dashes, starting with a letter"
+CONTROL = "has a line break or another control character. Write one line of plain text."
+EMAIL = "is not an email address. Use name@domain.tld, without spaces, quotes or line breaks."
+PREFECT = (
+    "is not a release this template is tested with. "
+    "Use an exact version from 3.9.0 to 3.9.1 (e.g. '3.9.1')."
+)
+NEVER = (
+    "never fires: none of its months has a day {} (February has 29 days at most; April, June, "
+    "September and November 30). Choose days that exist in those months."
+)
+NOT_A_LIST = "is not a list. Use a YAML list such as [dev, staging, prod]."
+NOT_A_MAPPING = (
+    "is not a mapping. Use task tag: limit pairs such as {shared-db: 5}, or {} for none."
+)
+LIMIT = "it must be a positive whole number."
+
+
+def derived(name: str, what: str, value: str, rule: str, setting: str, example: str) -> str:
+    return (
+        f"project_name: '{name}' gives the {what} '{value}', which is not allowed: {rule}. "
+        f"Rename the project, or set {setting} yourself (e.g. '{example}')."
+    )
+
+
+# (answers as typed, the question copier reports, its whole message). A YAML answer given as a
+# string is parsed as copier parses what a user types (`[dev, on]` arrives as ['dev', True]).
+REFUSED: list[tuple[dict[str, object], str, str]] = [
+    # One-line free text: empty, line breaks and control characters, surrounding spaces.
+    ({"project_name": "  "}, "project_name", "project_name: must not be empty."),
+    *(
+        ({question: value}, question, f"{question}: {json.dumps(value)} {CONTROL}")
+        for question, value in (
+            ("project_name", "Sales\nETL"),
+            ("project_name", "Sales ETL\n"),
+            ("project_name", "Sales\tETL"),
+            ("project_name", "Sales\u2028ETL"),
+            ("description", "One.\r\nTwo."),
+            ("description", "Nul\x00"),
+            ("author_name", "Team\n"),
+        )
+    ),
+    (
+        {"project_name": " Sales ETL"},
+        "project_name",
+        "project_name: ' Sales ETL' starts or ends with a space. Remove it.",
+    ),
+    ({"description": ""}, "description", "description: must not be empty."),
+    *(
+        ({"author_email": value}, "author_email", f"author_email: {shown} {EMAIL}")
+        for value, shown in (
+            ("not-an-email", "'not-an-email'"),
+            ("a@b.co\n", '"a@b.co\\n"'),
+            ('a"b@example.com', "'a\"b@example.com'"),
+            ("a b@example.com", "'a b@example.com'"),
+            ("team@localhost", "'team@localhost'"),
+            ("team@-example.com", "'team@-example.com'"),
+        )
+    ),
+    # Slugs typed, and slugs derived from the name (the message blames the name).
+    (
+        {"project_slug": "Sales_ETL"},
+        "project_slug",
+        f"project_slug: 'Sales_ETL' is not allowed: {SLUG_RULE} (e.g. 'sales-etl').",
+    ),
+    (
+        {"project_slug": "sales-"},
+        "project_slug",
+        f"project_slug: 'sales-' is not allowed: {SLUG_RULE} (e.g. 'sales-etl').",
+    ),
+    (
+        {"project_slug": "1etl"},
+        "project_slug",
+        f"project_slug: '1etl' is not allowed: {SLUG_RULE} (e.g. 'sales-etl').",
+    ),
+    (
+        {"project_slug": "a" * 41},
+        "project_slug",
+        f"project_slug: '{'a' * 41}' is not allowed: use at most 40 characters (e.g. 'sales-etl').",
+    ),
+    (
+        {"project_slug": "pydantic"},
+        "project_slug",
+        "project_slug: 'pydantic' is not allowed: it is the name of a package the repository "
+        "installs (e.g. 'sales-etl').",
+    ),
+    (
+        {"project_slug": "yes"},
+        "project_slug",
+        f"project_slug: 'yes' is not allowed: {YAML_WORDS} (e.g. 'sales-etl').",
+    ),
+    (
+        {"project_name": "123 ETL"},
+        "project_slug",
+        derived("123 ETL", "project slug", "123-etl", SLUG_RULE, "project_slug", "sales-etl"),
+    ),
+    (
+        {"project_name": "数据"},
+        "project_slug",
+        derived("数据", "project slug", "", SLUG_RULE, "project_slug", "sales-etl"),
+    ),
+    (
+        {"project_name": "Prefect"},
+        "project_slug",
+        derived(
+            "Prefect",
+            "project slug",
+            "prefect",
+            "it is the name of a package the repository installs",
+            "project_slug",
+            "sales-etl",
+        ),
+    ),
+    (
+        {"project_name": "On"},
+        "project_slug",
+        derived("On", "project slug", "on", YAML_WORDS, "project_slug", "sales-etl"),
+    ),
+    (
+        {"project_name": "Customer Lifetime Value ETL of the Whole Group"},
+        "project_slug",
+        derived(
+            "Customer Lifetime Value ETL of the Whole Group",
+            "project slug",
+            "customer-lifetime-value-etl-of-the-whole-group",
+            "use at most 40 characters",
+            "project_slug",
+            "sales-etl",
+        ),
+    ),
+    # Package names: not an identifier, a keyword, a module the repository imports.
+    (
+        {"package_name": "sales-etl"},
+        "package_name",
+        f"package_name: 'sales-etl' is not allowed: {PACKAGE_RULE} (e.g. 'sales_etl').",
+    ),
+    (
+        {"package_name": "class"},
+        "package_name",
+        "package_name: 'class' is not allowed: it is a Python keyword (e.g. 'sales_etl').",
+    ),
+    *(
+        (
+            {"package_name": module},
+            "package_name",
+            f"package_name: '{module}' is not allowed: it would shadow the module '{module}' "
+            "that the repository imports (e.g. 'sales_etl').",
+        )
+        for module in ("prefect", "pydantic", "yaml", "tests", "json", "httpx", "boto3", "dask")
+    ),
+    (
+        {"package_name": "a" * 41},
+        "package_name",
+        f"package_name: '{'a' * 41}' is not allowed: use at most 40 characters (e.g. 'sales_etl').",
+    ),
+    (
+        {"project_name": "Tests"},
+        "package_name",
+        derived(
+            "Tests",
+            "package name",
+            "tests",
+            "it would shadow the module 'tests' that the repository imports",
+            "package_name",
+            "sales_etl",
+        ),
+    ),
+    (
+        {"project_slug": "json"},
+        "package_name",
+        "project_slug: 'json' gives the package name 'json', which is not allowed: it would "
+        "shadow the module 'json' that the repository imports. Set package_name yourself "
+        "(e.g. 'sales_etl').",
+    ),
+    # Prefect releases outside the tested range.
+    *(
+        ({"prefect_version": version}, "prefect_version", f"prefect_version: '{version}' {PREFECT}")
+        for version in ("2.20.0", "3.0.0", "3.8.8", "3.9.2", "4.0.0", "3.9", "3.9.1rc1", "03.9.1")
+    ),
+    # Environments: not a list, empty, malformed items, YAML words, reserved and repeated names.
+    ({"environments": "dev"}, "environments", f"environments: 'dev' {NOT_A_LIST}"),
+    ({"environments": "{dev: 1}"}, "environments", f"environments: {{'dev': 1}} {NOT_A_LIST}"),
+    (
+        {"environments": []},
+        "environments",
+        "environments: the list is empty. Name at least one environment, e.g. [dev].",
+    ),
+    (
+        {"environments": ["dev", "dev"]},
+        "environments",
+        "environments: 'dev' is named twice. Each name must be unique.",
+    ),
+    (
+        {"environments": ["dev", "Prod"]},
+        "environments",
+        f"environments: 'Prod' is not allowed: {ENV_RULE}.",
+    ),
+    (
+        {"environments": ["dev", "a" * 21]},
+        "environments",
+        f"environments: '{'a' * 21}' is not allowed: {ENV_RULE}.",
+    ),
+    (
+        {"environments": "[dev, on]"},
+        "environments",
+        f"environments: True is not allowed: {YAML_NAME}.",
+    ),
+    (
+        {"environments": "[dev, ~]"},
+        "environments",
+        f"environments: None is not allowed: {YAML_NAME}.",
+    ),
+    *(
+        (
+            {"environments": ["dev", word]},
+            "environments",
+            f"environments: '{word}' is not allowed: {YAML_NAME}.",
+        )
+        for word in ("on", "no", "y", "null")
+    ),
+    *(
+        (
+            {"environments": ["dev", name]},
+            "environments",
+            f"environments: '{name}' is not allowed: config/{name}.yaml is the repository's own "
+            "(orchestration and secrets are taken); choose another name.",
+        )
+        for name in ("secrets", "orchestration")
+    ),
+    (
+        {"environments": "[{dev: 1}]"},
+        "environments",
+        f"environments: {{'dev': 1}} is not allowed: it is not a name; {ENV_RULE}.",
+    ),
+    (
+        {"environments": "[[dev]]"},
+        "environments",
+        f"environments: ['dev'] is not allowed: it is not a name; {ENV_RULE}.",
+    ),
+    (
+        {"environments": "[dev, 2]"},
+        "environments",
+        f"environments: 2 is not allowed: it is not a name; {ENV_RULE}.",
+    ),
+    # Concurrency limits: not a mapping, malformed tags and limits, YAML words.
+    (
+        {"concurrency_limits": ["shared-db"]},
+        "concurrency_limits",
+        f"concurrency_limits: ['shared-db'] {NOT_A_MAPPING}",
+    ),
+    (
+        {"concurrency_limits": "null"},
+        "concurrency_limits",
+        f"concurrency_limits: None {NOT_A_MAPPING}",
+    ),
+    (
+        {"concurrency_limits": "{Shared DB: 5}"},
+        "concurrency_limits",
+        f"concurrency_limits: tag 'Shared DB' is not allowed: {TAG_RULE}.",
+    ),
+    (
+        {"concurrency_limits": "{yes: 5}"},
+        "concurrency_limits",
+        f"concurrency_limits: tag True is not allowed: {YAML_NAME}.",
+    ),
+    (
+        {"concurrency_limits": {"off": 5}},
+        "concurrency_limits",
+        f"concurrency_limits: tag 'off' is not allowed: {YAML_NAME}.",
+    ),
+    *(
+        (
+            {"concurrency_limits": {"shared-db": limit}},
+            "concurrency_limits",
+            f"concurrency_limits: the limit for 'shared-db' is {shown}; {LIMIT}",
+        )
+        for limit, shown in ((0, "0"), (-1, "-1"), ("five", "'five'"), (True, "True"), (2.5, "2.5"))
+    ),
+    (
+        {"concurrency_limits": "{db: [1]}"},
+        "concurrency_limits",
+        f"concurrency_limits: the limit for 'db' is [1]; {LIMIT}",
+    ),
+    (
+        {"concurrency_limits": "{db: {max: 1}}"},
+        "concurrency_limits",
+        f"concurrency_limits: the limit for 'db' is {{'max': 1}}; {LIMIT}",
+    ),
+    # Schedules that are not cron, or never fire.
+    *(
+        ({"schedule_cron": expr}, "schedule_cron", f"schedule_cron: '{expr}' {NEVER.format(day)}")
+        for expr, day in (("0 0 31 2 *", 31), ("0 0 30 2 *", 30), ("0 0 31 4,6,9,11 *", 31))
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("answers", "question", "message"), REFUSED, ids=[repr(a) for a, _, _ in REFUSED]
+)
+def test_refused_answer_names_the_question_and_writes_nothing(
+    template: Path, tmp_path: Path, answers: dict[str, object], question: str, message: str
+) -> None:
+    destination = tmp_path / "repo"
+    with pytest.raises(ValueError) as caught:
+        render(template, destination, answers)
+    assert str(caught.value) == f"Validation error for question '{question}': {message}"
+    assert not destination.exists()
+
+
+# Questions whose messages are copier's own (choices) or covered by the macros' own tables.
 BAD_ANSWERS = [
-    ("project_name", "  ", "project_name: must not be empty"),
-    ("project_name", 'Say "hi"', "project_name: must not contain double quotes"),
-    ("project_slug", "Sales_ETL", "project_slug: 'Sales_ETL' is not allowed"),
-    ("project_slug", "1etl", "project_slug: '1etl' is not allowed"),
-    ("package_name", "sales-etl", "package_name: 'sales-etl' is not a valid package name"),
-    ("package_name", "class", "package_name: 'class' is a Python keyword"),
-    ("description", "", "description: must not be empty"),
-    ("author_email", "not-an-email", "author_email: 'not-an-email' is not an email address"),
-    ("prefect_version", "2.20.0", "prefect_version: '2.20.0' is not a Prefect 3 release"),
-    ("environments", "dev", "environments: dev is not a list"),
-    ("environments", [], "environments: the list is empty"),
-    ("environments", ["dev", "dev"], "names an environment twice"),
-    ("environments", ["dev", "Prod"], "environments: 'Prod' is not allowed"),
-    ("concurrency_limits", ["shared-db"], "concurrency_limits: ['shared-db'] is not a mapping"),
-    ("concurrency_limits", {"Shared DB": 5}, "concurrency_limits: tag 'Shared DB' is not allowed"),
-    ("concurrency_limits", {"shared-db": 0}, "the limit for 'shared-db' is 0"),
-    ("concurrency_limits", {"shared-db": "five"}, "the limit for 'shared-db' is five"),
     ("schedule_cron", "0 25 * * *", "schedule_cron: '0 25 * * *' is not a valid cron"),
     ("schedule_cron", "every day", "schedule_cron: 'every day' is not a valid cron"),
     ("timezone", "Mars/Olympus", "timezone: 'Mars/Olympus' is not an IANA time zone"),
@@ -179,6 +485,29 @@ def test_bad_answer_is_refused_with_a_clear_message_and_writes_nothing(
     with pytest.raises(ValueError, match=re.escape(message)) as caught:
         render(template, destination, {question: value})
     assert question in str(caught.value)
+    assert not destination.exists()
+
+
+# What copier refuses before any validator runs: a list or mapping for a `type: str` question
+# (it casts first) and YAML it cannot load. Its messages do not name the question (copier
+# 9.19); the answer is still refused and nothing is written.
+REFUSED_BY_COPIER = [
+    ({"project_name": ["Sales"]}, r"Could not convert \['Sales'\] to string"),
+    ({"description": {"text": "x"}}, r"Could not convert \{'text': 'x'\} to string"),
+    ({"environments": "[dev, "}, r"while parsing a flow"),
+    ({"concurrency_limits": "{[db]: 5}"}, r"found unhashable key"),
+]
+
+
+@pytest.mark.parametrize(
+    ("answers", "message"), REFUSED_BY_COPIER, ids=[repr(a) for a, _ in REFUSED_BY_COPIER]
+)
+def test_answer_copier_cannot_read_is_refused_and_writes_nothing(
+    template: Path, tmp_path: Path, answers: dict[str, object], message: str
+) -> None:
+    destination = tmp_path / "repo"
+    with pytest.raises(ValueError, match=message):
+        render(template, destination, answers)
     assert not destination.exists()
 
 

@@ -36,6 +36,7 @@ from tests.rendering import (
     DEPLOY_ENV_PLACEHOLDER,
     QUESTIONS,
     ROOT,
+    SET_WHEN_DEPLOYING,
     choices,
     render,
     run,
@@ -227,9 +228,22 @@ def test_prefect_yaml_fits_prefects_model_and_its_steps_exist(
     workdirs = re.findall(r"^WORKDIR (\S+)$", (repo / "Dockerfile").read_text(), re.MULTILINE)
     assert pull_dir == workdirs[-1]
     for deployment in deployments(repo):
-        entrypoint = deployment["entrypoint"].partition(":")[0]
-        # The image holds what the Dockerfile copies: the entrypoint must be among it.
-        assert entrypoint.startswith("src/"), entrypoint
+        module = deployment["entrypoint"].partition(":")[0]
+        # The image installs the package from src/: the entrypoint's module must be in it.
+        assert (repo / "src" / f"{module.replace('.', '/')}.py").is_file(), module
+
+
+@pytest.mark.parametrize("task_runner", ["dask", "ray"])
+@pytest.mark.parametrize("runtime", ["kubernetes", "ecs"])
+def test_flow_runs_have_cpus_to_fan_out_on(
+    rendered: Callable[..., Path], runtime: str, task_runner: str
+) -> None:
+    """A local Dask or Ray counts the container's CPU quota: one CPU would run one task."""
+    for deployment in deployments(rendered(runtime, task_runner)):
+        variables = deployment["work_pool"]["job_variables"]
+        kubernetes = runtime == "kubernetes"
+        cpus = float(variables["cpu_limit"]) if kubernetes else variables["cpu"] / 1024
+        assert cpus >= 2, deployment["name"]
 
 
 @pytest.mark.parametrize("runtime", CONTAINER_RUNTIMES)
@@ -391,7 +405,9 @@ def test_deploy_logs_in_to_the_registry_before_it_pushes(
     )
     commands = dry.stdout.splitlines()
     login = commands.index(f"uv run python -m sales_etl.ops.registry_login {IMAGE}")
-    reconcile = commands.index("uv run python -m sales_etl.ops reconcile --env dev")
+    reconcile = commands.index(
+        "uv run python -m sales_etl.ops.promote --env dev --default-branch main"
+    )
     assert login < reconcile
     process = subprocess.run(
         ["make", "-n", "deploy"], cwd=rendered("process"), capture_output=True, text=True
@@ -504,7 +520,7 @@ def test_ecs_deploy_reads_the_environments_aws_identifiers(rendered: Callable[..
     repo = rendered("ecs")
     readme = (repo / "README.md").read_text()
     text = (repo / "prefect.yaml").read_text()
-    for name in sorted(set(DEPLOY_ENV_PLACEHOLDER.findall(text)) - {"IMAGE_TAG"}):
+    for name in sorted(set(DEPLOY_ENV_PLACEHOLDER.findall(text)) - SET_WHEN_DEPLOYING):
         assert f"| `{name}` |" in readme, f"{name} is not documented in README.md"
     assert "arn:aws" not in text and "subnet-" not in text  # no account in the repository
 

@@ -157,7 +157,9 @@ def test_makefile_has_sync_secrets_only_for_prefect(
     sync = "uv run python -m sales_etl.ops.sync_secrets --env prod\n"
     assert dry_run("sync-secrets") == sync
     # make deploy, what CI runs, syncs the blocks before it reconciles.
-    assert dry_run("deploy") == sync + "uv run python -m sales_etl.ops reconcile --env prod\n"
+    assert dry_run("deploy") == (
+        sync + "uv run python -m sales_etl.ops.promote --env prod --default-branch main\n"
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

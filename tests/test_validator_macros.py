@@ -14,13 +14,15 @@ import importlib.util
 import random
 import re
 import shutil
+import sys
 import zoneinfo
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from types import ModuleType
 
 import copier
 import pytest
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from jinja2 import Environment, FileSystemLoader
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -86,18 +88,37 @@ def _zero_day_or_month(expr: str) -> bool:
 CRON_ALIASES = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 
 
+def fires(expr: str) -> bool:
+    """croniter finds a next occurrence (it searches decades ahead, so Feb 29 counts)."""
+    try:
+        croniter(expr, datetime(2026, 12, 1)).get_next(datetime)
+    except CroniterBadDateError:
+        return False
+    return True
+
+
 def expected_valid(expr: str) -> bool:
-    """The oracle: croniter, minus the documented places where the macro is stricter."""
+    """The oracle: croniter, minus the documented places where the macro is stricter, and an
+    expression must fire at least once."""
     if not croniter.is_valid(expr):
         return False
     is_alias = expr.lower() in CRON_ALIASES
-    return is_alias or (len(expr.split()) == 5 and not _zero_day_or_month(expr))
+    syntax = is_alias or (len(expr.split()) == 5 and not _zero_day_or_month(expr))
+    return syntax and fires(expr)
+
+
+NEVER_FIRES = (
+    "schedule_cron: '{}' never fires: none of its months has a day {} (February has 29 days at "
+    "most; April, June, September and November 30). Choose days that exist in those months."
+)
 
 
 def assert_verdict(expr: str, valid: bool) -> None:
     out = cron_error(expr)
     if valid:
         assert out == "", f"{expr!r} should be accepted, got: {out}"
+    elif out.startswith(f"schedule_cron: '{expr}' never fires"):
+        assert out in {NEVER_FIRES.format(expr, day) for day in (30, 31)}, f"{expr!r}: {out!r}"
     else:
         assert out.startswith(CRON_PREFIX.format(expr)), f"{expr!r}: {out!r}"
         assert out.endswith(CRON_SUFFIX), f"{expr!r}: {out!r}"
@@ -128,7 +149,6 @@ VALID_CRON = [
     "59/15 * * * *",  # ... which at the field maximum is just that value
     "0 0 31 * *",
     "0 0 29 2 *",
-    "0 0 30 2 *",  # never fires, but croniter does not cross-check day and month
     "0 0 1 jan *",
     "0 0 1 JAN,jul *",
     "0 0 1 jan-jun/2 *",
@@ -405,6 +425,71 @@ def _expression(rng: random.Random) -> str:
     return f" {text} " if rng.random() < 0.03 else text
 
 
+# Valid syntax that never fires: with day-of-week `*`, no named month has the day (croniter
+# is_valid accepts them; get_next finds nothing).
+NEVER_FIRING_CRON = [
+    ("0 0 31 2 *", 31),
+    ("0 0 30 2 *", 30),
+    ("0 0 30,31 feb *", 30),
+    ("0 0 31 4,6,9,11 *", 31),
+    ("0 0 31 9/2 *", 31),  # September and November
+    ("0 0 30/5 2 *", 30),
+    ("15 6 31 FEB,Jun *", 31),
+    ("0 0 31 2 *,1", 31),  # a `*` item makes day-of-week unrestricted
+]
+FIRING_EDGE_CRON = [
+    "0 0 29 2 *",  # leap years
+    "0 0 31 2 */1",  # a restricted day-of-week: either field matching is enough
+    "0 0 31 2 0-6",
+    "0 0 31 2 mon",
+    "0 0 31-31 2 *",  # N-N is the whole field in croniter
+    "0 0 31 feb-feb *",
+    "0 0 31 2/2 *",  # 2/2 runs from February to December
+    "0 0 31 11-2 *",  # wraps through December and January
+    "0 0 */31 2 *",
+    "0 0 31 apr-apr/5 *",  # apr-apr is the whole field: with step 5, January, June, November
+    "0 0 30,31 2,4 *",
+]
+
+
+@pytest.mark.parametrize(("expr", "day"), NEVER_FIRING_CRON)
+def test_cron_that_never_fires_is_refused(expr: str, day: int) -> None:
+    assert croniter.is_valid(expr)
+    assert not fires(expr)
+    assert cron_error(expr) == NEVER_FIRES.format(expr, day)
+
+
+@pytest.mark.parametrize("expr", FIRING_EDGE_CRON)
+def test_cron_that_fires_on_an_edge_is_accepted(expr: str) -> None:
+    assert fires(expr)
+    assert cron_error(expr) == ""
+
+
+def _day_item(rng: random.Random) -> str:
+    """Day-of-month items biased to 29-31, where months decide whether a schedule fires."""
+    return rng.choice(
+        ["29", "30", "31", "30-31", "31/5", "30/3", "28-31/2", "31-29", "31-30/2"]
+        + [_item(rng, 2)] * 3
+    )
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_never_firing_sweep_matches_croniter(seed: int) -> None:
+    """Day-of-month x month x day-of-week combinations against croniter's get_next."""
+    rng = random.Random(seed)
+    verdicts = []
+    for _ in range(400):
+        days = ",".join(_day_item(rng) for _ in range(rng.choice([1, 1, 2])))
+        months = rng.choice(["2", "feb", "4,6", "9/2", "apr-jun", "11", _item(rng, 3)])
+        weekdays = rng.choice(["*", "*", "*", _item(rng, 4)])
+        expr = f"0 0 {days} {months} {weekdays}"
+        verdicts.append((expr, expected_valid(expr), cron_error(expr)))
+    mismatches = [(expr, valid, out) for expr, valid, out in verdicts if (out == "") != valid]
+    assert not mismatches, mismatches[:10]
+    # Both outcomes, and schedules that never fire among the refusals, or this proves little.
+    assert sum("never fires" in out for _, _, out in verdicts) > 10
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_cron_sweep_matches_croniter(seed: int) -> None:
     rng = random.Random(seed)
@@ -472,7 +557,10 @@ def test_valid_answers_render_nothing_at_all(env: Environment) -> None:
 
 def _copier_template(tmp_path: Path) -> Path:
     src = tmp_path / "template"
-    shutil.copytree(REPO / "includes", src / "includes")
+    # Only what the validators import: copier renders every file of this minimal template.
+    (src / "includes").mkdir(parents=True)
+    for name in ("cron.jinja", "timezones.jinja"):
+        shutil.copy(REPO / "includes" / name, src / "includes" / name)
     (src / "copier.yml").write_text(
         "_envops:\n"
         "  keep_trailing_newline: true\n"
@@ -517,7 +605,7 @@ def test_copier_runs_the_validators_without_trust(
 
 
 def _zones_in_file() -> list[str]:
-    return re.findall(r"^  '([^']+)',$", TIMEZONES_FILE.read_text(encoding="utf-8"), re.M)
+    return re.findall(r"^  ([^\s']+)$", TIMEZONES_FILE.read_text(encoding="utf-8"), re.M)
 
 
 def _load_update_script() -> ModuleType:
@@ -628,3 +716,32 @@ def test_timezone_message_is_exact() -> None:
         "timezone: 'Europe/Paris ' is not an IANA time zone name. "
         "Use a name such as 'UTC', 'Europe/Berlin' or 'America/New_York'."
     )
+
+
+# --------------------------------------------------------------------------- reserved names
+
+RESERVED = ENV.from_string(
+    "{% from 'includes/reserved_names.jinja' import RESERVED_PACKAGES, RESERVED_PROJECTS %}"
+    "{{ RESERVED_PACKAGES }}|{{ RESERVED_PROJECTS }}"
+)
+DEPENDENCIES = (REPO / "includes" / "dependencies.jinja").read_text(encoding="utf-8")
+# Import names of the distributions includes/dependencies.jinja installs, where they differ.
+IMPORT_NAMES = {
+    "pyyaml": "yaml",
+    "google-cloud-secret-manager": "google",
+    "azure-identity": "azure",
+    "azure-keyvault-secrets": "azure",
+    "pre-commit": "pre_commit",
+}
+
+
+def test_reserved_names_cover_every_dependency_and_the_standard_library() -> None:
+    """A dependency added to includes/dependencies.jinja without rerunning
+    scripts/update_reserved_names.py fails here."""
+    packages, projects = (part.split() for part in RESERVED.render().split("|"))
+    required = set(re.findall(r'"([a-z0-9-]+)(?:\[[a-z]+\])?[><=]', DEPENDENCIES))
+    required |= {"prefect", "pytest", "ruff", "pre-commit"}
+    assert required - set(projects) == set()
+    imports = {IMPORT_NAMES.get(name, name.replace("-", "_")) for name in required}
+    stdlib = {name for name in sys.stdlib_module_names if re.fullmatch(r"[a-z_][a-z0-9_]*", name)}
+    assert (imports | stdlib | {"tests"}) - set(packages) == set()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.e2e.cluster import demo_cluster, print_where_tasks_ran
 from tests.e2e.server import running_server, running_worker
 from tests.rendering import ROOT, answers_of, render, run, snapshot_template, sync
 
@@ -102,6 +103,10 @@ def demo(workdir: Path, answers: dict[str, Any], timeout: float = 300) -> DemoRe
                 running_server(prefect, workdir / "prefect-home", logs / "server.log", env)
             )
         run_env = {**env, **server.env()}
+        # task_runner dask or ray: a cluster of its own beside the server, for the worker's runs.
+        cluster = services.enter_context(
+            demo_cluster(settings["task_runner"], repo, workdir, run_env)
+        )
         with steps.step(f"Reconcile '{environment}': work pool, limits, prefect deploy"):
             if settings["secret_backend"] == "prefect":
                 sync_secrets = ["python", "-m", f"{package}.ops.sync_secrets", "--env", environment]
@@ -129,6 +134,8 @@ def demo(workdir: Path, answers: dict[str, Any], timeout: float = 300) -> DemoRe
         with steps.step("Read back what the run did"):
             result.rows_loaded = count_rows(repo / "warehouse.db")
             result.artifact = read_artifact(server.api_url, f"{slug}-run-summary")
+            if cluster:
+                print_where_tasks_ran(server.api_url, flow_run["id"], slug, cluster)
         with steps.step("Stop the worker and the server"):
             services.close()
     return result

@@ -74,3 +74,9 @@ def read_environment(environment: str, directory: Path | None = None) -> dict[st
             f"config/ defines: {', '.join(known) or 'none'}."
         )
     return {"environment": environment, **read_yaml(directory / f"{environment}.yaml")}
+
+
+def tag_limit(tag: str, directory: Path | None = None) -> int | None:
+    """The task tag limit config/orchestration.yaml declares for `tag`, if it declares one."""
+    limits = read_yaml((directory or config_dir()) / "orchestration.yaml").get("tag_limits") or {}
+    return int(limits[tag]) if tag in limits else None

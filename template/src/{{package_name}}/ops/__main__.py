@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from prefect.settings import get_current_settings
+
 from .._internal.config import ConfigError
+from .deployments import deploy_environment
+from .preflight import preflight
 from .reconcile import reconcile
 from .state import read_state
 from .validate import validate
@@ -44,6 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         parser.exit(2, f"ops: {error}\n")
     try:
+        if not args.dry_run:
+            with deploy_environment(args.root):
+                preflight(
+                    state,
+                    get_current_settings().api.url,
+                    prebuilt_image=args.prebuilt_image,
+                    root=args.root,
+                )
         reconcile(
             state,
             args.root,

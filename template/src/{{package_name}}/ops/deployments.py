@@ -38,6 +38,7 @@ from prefect.utilities.templating import (
 
 from .automations import automation_fields
 from .state import Deployment, DesiredState, load_flow
+from .versions import VERSION_VAR, head_version
 
 # Build and push step outputs (such as a built image's tag) exist only while `prefect deploy`
 # runs: a field that uses one cannot be compared, so it always counts as changed.
@@ -46,16 +47,18 @@ UNRESOLVED = "unresolved"
 
 @contextmanager
 def deploy_environment(root: Path) -> Iterator[dict[str, str]]:
-    """os.environ as `prefect deploy` sees it: PROJECT_DIR defaults to the repository root."""
+    """os.environ as `prefect deploy` sees it: PROJECT_DIR defaults to the repository root,
+    DEPLOY_VERSION to its HEAD commit."""
+    defaults = {"PROJECT_DIR": str(root), VERSION_VAR: head_version(root)}
     # An unset CI variable arrives as an empty string: treat it as unset.
-    added = not os.environ.get("PROJECT_DIR")
-    if added:
-        os.environ["PROJECT_DIR"] = str(root)
+    added = [name for name, value in defaults.items() if value and not os.environ.get(name)]
+    for name in added:
+        os.environ[name] = defaults[name]
     try:
         yield dict(os.environ)
     finally:
-        if added:
-            os.environ.pop("PROJECT_DIR", None)
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def canonical(value: Any) -> str:
@@ -114,6 +117,7 @@ def desired_fields(deployment: Deployment, state: DesiredState, root: Path) -> d
     fields: dict[str, Any] = {
         "entrypoint": spec["entrypoint"],
         "description": spec.get("description") or flow.description,
+        "version": spec.get("version"),
         "parameters": spec.get("parameters") or {},
         "tags": sorted(spec.get("tags") or []),
         "work_pool": pool.get("name"),
@@ -177,6 +181,7 @@ def current_fields(client: SyncPrefectClient, deployment: DeploymentResponse) ->
     return {
         "entrypoint": deployment.entrypoint,
         "description": deployment.description,
+        "version": deployment.version,
         "parameters": deployment.parameters,
         "tags": sorted(deployment.tags),
         "work_pool": deployment.work_pool_name,

@@ -4,7 +4,8 @@ Plan first, then apply: every change is listed before it is made, a dry run stop
 plan, and a second run finds nothing to do. Only objects named in config/ and prefect.yaml are
 created or updated; --prune also deletes this environment's deployments and automations that
 are no longer declared, found by their project:<name> and env:<env> tags. Other projects'
-objects are never touched.
+objects are never touched: a task tag limit, server-wide, has one owning project and is shared
+or refused by the rule in ops/ownership.py, never overwritten.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .deployments import (
     flow_names,
     project_deployments,
 )
+from .ownership import read_owner, record_owner, refusal
 from .state import DesiredState
 
 
@@ -92,23 +94,42 @@ def plan_work_pools(client: SyncPrefectClient, state: DesiredState) -> list[Chan
 
 
 def plan_tag_limits(client: SyncPrefectClient, state: DesiredState) -> list[Change]:
+    """Create or update the limits this project owns; share, claim or refuse the others."""
     changes = []
     for tag, limit in state.tag_limits.items():
         try:
             current = client.read_concurrency_limit_by_tag(tag).concurrency_limit
         except ObjectNotFound:
             current = None
-        if current != limit:
-            changes.append(
-                Change(
-                    "tag limit",
-                    tag,
-                    "create" if current is None else "update",
-                    f"{current} -> {limit}" if current is not None else f"limit {limit}",
-                    lambda tag=tag, limit=limit: client.create_concurrency_limit(tag, limit),
-                )
+        owner = read_owner(client, tag)
+        ours = current is None or (owner is not None and owner.project == state.project)
+        if not ours and current != limit:
+            raise SystemExit(refusal(tag, state.project, limit, current, owner))
+        if not ours and owner is not None:
+            continue  # shared with its owner, at the same value
+        if current is None:
+            detail = f"limit {limit}"
+        elif current != limit:
+            detail = f"{current} -> {limit}"
+        elif owner is None:
+            detail = f"owner -> {state.project}"  # unowned, and already the declared value
+        else:
+            continue
+        changes.append(
+            Change(
+                "tag limit",
+                tag,
+                "create" if current is None else "update",
+                detail,
+                lambda tag=tag, limit=limit: set_tag_limit(client, tag, limit, state.project),
             )
+        )
     return changes
+
+
+def set_tag_limit(client: SyncPrefectClient, tag: str, limit: int, project: str) -> None:
+    client.create_concurrency_limit(tag, limit)  # creates or updates
+    record_owner(client, tag, project, limit)
 
 
 def plan_global_limits(client: SyncPrefectClient, state: DesiredState) -> list[Change]:

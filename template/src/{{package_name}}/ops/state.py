@@ -96,10 +96,16 @@ def base_job_template(orchestration: dict[str, Any], root: Path) -> dict[str, An
 
 @cache
 def load_flow(entrypoint: str, root: Path) -> Flow[..., Any]:
-    """The flow object of an entrypoint; imported once per process, as `prefect deploy` does."""
+    """The flow object of an entrypoint; imported once per process, as `prefect deploy` does.
+
+    A module path (package.flows.etl:etl) imports from the installed package; a file path is
+    resolved against the repository's root.
+    """
     from prefect.flows import load_flow_from_entrypoint
 
-    return load_flow_from_entrypoint(str(root / entrypoint))
+    if ".py:" in entrypoint:
+        return load_flow_from_entrypoint(str(root / entrypoint))
+    return load_flow_from_entrypoint(entrypoint)
 
 
 def flow_name_of(entrypoint: str, root: Path) -> str:

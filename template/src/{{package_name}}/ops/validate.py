@@ -7,6 +7,7 @@ the variables of the worker's base job template.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -36,12 +37,32 @@ def unknown_keys(data: dict[str, Any], model: type[BaseModel], where: str) -> li
     return [f"{where}: unknown key '{key}'" for key in sorted(extra)]
 
 
-def check_deployment(spec: dict[str, Any], variables: set[str], root: Path) -> list[str]:
+def check_entrypoint(entrypoint: str, where: str) -> list[str]:
+    """A module path whose module this environment can import.
+
+    A file path (src/pkg/flows/etl.py:etl) makes Prefect load the file as a top-level module
+    (`etl`): tasks pickled for Dask or Ray workers then name a module no worker can import.
+    """
+    module, _, function = entrypoint.rpartition(":")
+    if module.endswith(".py") or "/" in module:
+        dotted = module.removeprefix("src/").removesuffix(".py").replace("/", ".")
+        return [
+            f"{where}: entrypoint '{entrypoint}' is a file path; use the module path "
+            f"'{dotted}:{function}' so Dask and Ray workers can import its tasks"
+        ]
+    try:
+        found = module and function and importlib.util.find_spec(module)
+    except ImportError:
+        found = None
+    if not found:
+        return [f"{where}: entrypoint '{entrypoint}' names no module this package provides"]
+    return []
+
+
+def check_deployment(spec: dict[str, Any], variables: set[str]) -> list[str]:
     where = f"deployment '{spec.get('name', '?')}'"
     problems = unknown_keys(spec, DeploymentConfig, where)
-    entrypoint = spec.get("entrypoint", "")
-    if not (root / entrypoint.partition(":")[0]).is_file():
-        problems.append(f"{where}: entrypoint '{entrypoint}' names no file")
+    problems += check_entrypoint(spec.get("entrypoint", ""), where)
     pool = spec.get("work_pool") or {}
     problems += unknown_keys(pool, WorkPoolConfig, f"{where} work_pool")
     for key in sorted(set(pool.get("job_variables") or {}) - variables):
@@ -95,7 +116,7 @@ def validate(root: Path) -> list[str]:
     variables = set(template["variables"]["properties"])
     deployed_envs = set()
     for spec in project.get("deployments") or []:
-        problems += check_deployment(spec, variables, root)
+        problems += check_deployment(spec, variables)
         deployed_envs |= {t[4:] for t in spec.get("tags") or [] if t.startswith("env:")}
     for env in sorted(set(environment_names(root / "config")) - deployed_envs):
         problems.append(f"config/{env}.yaml has no deployment tagged 'env:{env}' in prefect.yaml")

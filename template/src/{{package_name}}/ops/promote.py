@@ -1,0 +1,218 @@
+"""`python -m <package>.ops.promote --env ENV [--to COMMIT]`: what `make deploy` and
+`make rollback` run.
+
+- The first environment deploys HEAD. For a container runtime, the commit's image is built
+  and pushed once (ops/image.py) and deployed by its digest.
+- Every later environment deploys only what the one before it runs and has run: HEAD must be
+  on the default branch (`git merge-base --is-ancestor`), the previous environment's
+  deployment must run this commit, and a run of that version must have Completed there (the
+  smoke run CI makes after each deploy). Both are read from the Prefect API, which only a
+  deploy writes, never from a variable. The image is the previous environment's, by digest:
+  nothing is built.
+- `--to COMMIT` (make rollback) redeploys an earlier commit's image, by the digest recorded in
+  the version of a Completed run of this project: nothing is built, no gate applies.
+
+Each deployment's version is `<commit>[@<digest>]` (ops/versions.py). Then the environment is
+reconciled as `ops reconcile` does it, with its preflight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterDeploymentId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import get_current_settings
+
+from .._internal.config import ConfigError, read_yaml
+from .deployments import deploy_environment
+from .preflight import check_api, preflight
+from .reconcile import reconcile
+from .smoke import pipeline_deployment
+from .state import ENV_TAG_PREFIX, DesiredState, read_state
+from .versions import VERSION_VAR, Version, git, resolve_commit
+
+# Runs read back when looking for a version: the newest first, enough for weeks of deploys.
+RUNS_SEARCHED = 200
+
+
+def promotion_order(root: Path) -> list[str]:
+    """The environments in prefect.yaml's order, which is the promotion order."""
+    order: list[str] = []
+    for spec in read_yaml(root / "prefect.yaml").get("deployments") or []:
+        for tag in spec.get("tags") or []:
+            name = tag.removeprefix(ENV_TAG_PREFIX)
+            if tag.startswith(ENV_TAG_PREFIX) and name not in order:
+                order.append(name)
+    return order
+
+
+def previous_environment(environment: str, root: Path) -> str | None:
+    order = promotion_order(root)
+    if environment not in order:
+        raise ConfigError(f"prefect.yaml has no deployment tagged 'env:{environment}'.")
+    index = order.index(environment)
+    return order[index - 1] if index else None
+
+
+def check_on_default_branch(root: Path, commit: str, branch: str) -> None:
+    for ref in (f"origin/{branch}", branch):
+        if git(root, "rev-parse", "--verify", "--quiet", ref).returncode == 0:
+            break
+    else:
+        raise ConfigError(
+            f"neither origin/{branch} nor {branch} is known here: fetch the default branch "
+            "(CI clones shallow by default) so the promotion can check the commit is on it."
+        )
+    if git(root, "merge-base", "--is-ancestor", commit, ref).returncode != 0:
+        raise ConfigError(
+            f"commit {commit[:12]} is not on the default branch ({ref}): only what was merged "
+            "is promoted."
+        )
+
+
+def completed_runs(client: SyncPrefectClient, flow_run_filter: FlowRunFilter) -> list[FlowRun]:
+    flow_run_filter.state = FlowRunFilterState(
+        type=FlowRunFilterStateType(any_=[StateType.COMPLETED])
+    )
+    return client.read_flow_runs(
+        flow_run_filter=flow_run_filter, sort=FlowRunSort.START_TIME_DESC, limit=RUNS_SEARCHED
+    )
+
+
+def gate(client: SyncPrefectClient, state: DesiredState, previous: str, commit: str) -> Version:
+    """The previous environment's version of commit, if it runs it and has run it; else
+    ConfigError saying what is missing."""
+    name = pipeline_deployment(state).flow_name + "/" + previous
+    try:
+        deployment = client.read_deployment_by_name(name)
+    except ObjectNotFound:
+        raise ConfigError(f"{name} does not exist: deploy '{previous}' first.") from None
+    version = Version.parse(deployment.version)
+    if version is None or version.commit != commit:
+        raise ConfigError(
+            f"'{previous}' runs {deployment.version or 'no recorded version'}, not {commit[:12]}:"
+            f" deploy this commit to '{previous}' and smoke-run it there first."
+        )
+    runs = completed_runs(
+        client, FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id]))
+    )
+    if not any(run.deployment_version == str(version) for run in runs):
+        raise ConfigError(
+            f"no run of {name} at version {version} has Completed: smoke-run it "
+            f"(make smoke ENV={previous}) before promoting."
+        )
+    return version
+
+
+def rollback_version(client: SyncPrefectClient, state: DesiredState, commit: str) -> Version:
+    """The version of commit that completed a run of this project, in any environment."""
+    runs = completed_runs(client, FlowRunFilter(tags=FlowRunFilterTags(all_=[state.project_tag])))
+    for run in runs:
+        version = Version.parse(run.deployment_version)
+        if version is not None and version.commit == commit:
+            return version
+    raise ConfigError(
+        f"no Completed run of {state.project} at commit {commit[:12]} among the last "
+        f"{RUNS_SEARCHED}: there is no image of it known to have worked."
+    )
+
+
+def builds_image(state: DesiredState) -> bool:
+    return bool(state.project_file.get("build"))
+
+
+def pinned(version: Version, image_tag: str) -> dict[str, str]:
+    """The deploy variables that make prefect.yaml name exactly this version."""
+    variables = {VERSION_VAR: str(version)}
+    if version.digest:
+        # A tag with a digest: the runtime pulls the digest; the tag stays readable.
+        variables["IMAGE_TAG"] = f"{image_tag}@{version.digest}"
+    return variables
+
+
+def choose_version(
+    client: SyncPrefectClient,
+    state: DesiredState,
+    root: Path,
+    *,
+    to: str | None,
+    default_branch: str,
+) -> Version:
+    if to:
+        commit = resolve_commit(root, to)
+        if not builds_image(state):
+            raise ConfigError(
+                "a process worker runs its own checkout: roll back by checking out "
+                f"{commit[:12]} there, then make reconcile."
+            )
+        version = rollback_version(client, state, commit)
+        if not version.digest:
+            raise ConfigError(f"version {version} records no image digest to roll back to.")
+        return version
+    commit = resolve_commit(root)
+    previous = previous_environment(state.environment, root)
+    if previous is not None:
+        check_on_default_branch(root, commit, default_branch)
+        return gate(client, state, previous, commit)
+    if not builds_image(state):
+        return Version(commit)
+    from . import image  # container runtimes only
+
+    return Version(commit, image.publish(state, root, os.environ.get("IMAGE_TAG") or commit[:12]))
+
+
+def deploy(environment: str, root: Path, *, to: str | None, default_branch: str) -> Version:
+    state = read_state(environment, root)
+    api_url = get_current_settings().api.url
+    check_api(api_url)  # before any read: an empty URL would read a temporary local API
+    with get_client(sync_client=True) as client:
+        version = choose_version(client, state, root, to=to, default_branch=default_branch)
+    variables = pinned(version, version.commit[:12])
+    print(f"Deploying '{environment}' at version {version}.")
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        with deploy_environment(root):
+            preflight(state, api_url, prebuilt_image=builds_image(state), root=root)
+        reconcile(state, root, dry_run=False, skip_deploy=False, prebuilt_image=builds_image(state))
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return version
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="promote", description=__doc__)
+    parser.add_argument("--env", required=True, help="the environment, as in config/<env>.yaml")
+    parser.add_argument("--to", help="roll back to this commit's image (make rollback)")
+    parser.add_argument(
+        "--default-branch",
+        default=os.environ.get("DEFAULT_BRANCH") or "main",
+        help="the branch every promoted commit must be on (default: $DEFAULT_BRANCH or main)",
+    )
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="the repository root")
+    args = parser.parse_args(argv)
+    try:
+        deploy(args.env, args.root, to=args.to, default_branch=args.default_branch)
+    except ConfigError as error:
+        parser.exit(2, f"promote: {error}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
