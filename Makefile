@@ -39,6 +39,8 @@ bench: $(STAMP) ## Run the benchmarks in bench/ and print their ratios
 	@$(BIN)/python -m bench.fleet_bench
 	@$(BIN)/python -m bench.cluster_bench
 	@$(BIN)/python -m bench.render_bench
+	@tests/e2e/docker_host.sh
+	@$(BIN)/python -m bench.docker_bench
 
 clean: ## Remove the tool environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -79,7 +80,7 @@ def test_backend_settings_reach_the_container_from_deploy_variables(
             assert env[name] == f"{{{{ ${name} }}}}"
             assert f"{name}: ${{{{ vars.{name} }}}}" in workflow
         extra = set(env) - {"PIPELINE_ENV", *settings}
-        files = (runtime, backend) == ("docker", "env")
+        files = backend == "env" and runtime in {"docker", "kubernetes"}
         assert extra == ({"PIPELINE_SECRETS_DIR"} if files else set())
         assert not [name for name in env if SECRET_WORDS.search(name)]
 
@@ -108,46 +109,69 @@ def test_env_backend_on_docker_mounts_a_secrets_directory_read_only(
     assert "PIPELINE_SECRETS_DIR: ${{ vars.PIPELINE_SECRETS_DIR }}" in deploy_variables(repo)
 
 
-def test_vault_on_kubernetes_projects_a_token_for_the_vault_audience(
-    renders: dict[tuple, Path], tmp_path: Path
-) -> None:
-    repo = renders[("kubernetes", "vault")]
+def kubernetes_jobs(repo: Path, overrides: dict[str, str]) -> list[dict[str, Any]]:
+    """The Job manifests the Kubernetes worker builds from the repository's base job template and
+    each deployment's job variables (with overrides), checked by kubernetes-validate --strict."""
     orchestration = yaml.safe_load((repo / "config" / "orchestration.yaml").read_text())
     template = json.loads((repo / orchestration["base_job_template"]).read_text())
-    manifests = []
+    jobs = []
     for deployment in deployments(repo):
-        raw = deployment["work_pool"]["job_variables"]
-        assert raw["vault_token_audience"] == "vault"
-        variables = deploy_time({**raw, "vault_token_audience": "vault-test"})
-        config = job_configuration("kubernetes", template, variables)
-        pod = config.job_manifest["spec"]["template"]["spec"]
-        (volume,) = pod["volumes"]
-        (source,) = volume["projected"]["sources"]
-        assert source["serviceAccountToken"]["audience"] == "vault-test"
-        (container,) = pod["containers"]
-        (mount,) = container["volumeMounts"]
-        assert (mount["name"], mount["mountPath"]) == (volume["name"], "/var/run/secrets/vault")
-        assert pod["serviceAccountName"] == "sales-etl-flow-run"
-        assert container["env"]["VAULT_ROLE"] == "value-of-VAULT_ROLE"
-        # As the worker's prepare_for_flow_run does: Kubernetes takes env as a list.
-        container["env"] = [{"name": k, "value": v} for k, v in container["env"].items()]
+        variables = deploy_time({**deployment["work_pool"]["job_variables"], **overrides})
+        manifest = job_configuration("kubernetes", template, variables).job_manifest
+        pod = manifest["spec"]["template"]["spec"]
         # The worker's own default puts these Job fields in the pod spec (prefect-kubernetes
         # 0.8.0); the API server drops them. Everything else must pass strict validation.
         pod.pop("completions")
         pod.pop("parallelism")
         # The worker names Jobs by generateName; kubernetes-validate reports by name.
-        config.job_manifest["metadata"]["name"] = f"flow-run-{env_of(deployment)}"
-        manifests.append(config.job_manifest)
-    # The Jobs the worker would create are valid Kubernetes objects.
-    jobs = tmp_path / "jobs.yaml"
-    jobs.write_text(yaml.safe_dump_all(manifests))
+        manifest["metadata"]["name"] = f"flow-run-{env_of(deployment)}"
+        # As the worker's prepare_for_flow_run does: Kubernetes takes env as a list.
+        (container,) = pod["containers"]
+        container["env"] = [{"name": k, "value": v} for k, v in container["env"].items()]
+        jobs.append(manifest)
+    path = repo.parent / f"{repo.name}-jobs.yaml"
+    path.write_text(yaml.safe_dump_all(jobs))
     result = subprocess.run(
-        [str(BIN / "kubernetes-validate"), "--strict", "--no-warn", str(jobs)],
+        [str(BIN / "kubernetes-validate"), "--strict", "--no-warn", str(path)],
         capture_output=True,
         text=True,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    # Only vault's pools carry the projected token.
-    other = renders[("kubernetes", "env")]
-    assert not (other / "deploy" / "kubernetes-base-job-template.json").exists()
+    return jobs
+
+
+def pod_of(job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return pod, container
+
+
+def test_vault_on_kubernetes_projects_a_token_for_the_vault_audience(
+    renders: dict[tuple, Path],
+) -> None:
+    repo = renders[("kubernetes", "vault")]
+    for deployment in deployments(repo):
+        assert deployment["work_pool"]["job_variables"]["vault_token_audience"] == "vault"
+    for job in kubernetes_jobs(repo, {"vault_token_audience": "vault-test"}):
+        pod, container = pod_of(job)
+        (volume,) = pod["volumes"]
+        (source,) = volume["projected"]["sources"]
+        assert source["serviceAccountToken"]["audience"] == "vault-test"
+        (mount,) = container["volumeMounts"]
+        assert (mount["name"], mount["mountPath"]) == (volume["name"], "/var/run/secrets/vault")
+        assert pod["serviceAccountName"] == "sales-etl-flow-run"
+        assert {"name": "VAULT_ROLE", "value": "value-of-VAULT_ROLE"} in container["env"]
+
+
+def test_env_backend_on_kubernetes_mounts_the_namespace_secret_as_files(
+    renders: dict[tuple, Path],
+) -> None:
+    for job in kubernetes_jobs(renders[("kubernetes", "env")], {}):
+        pod, container = pod_of(job)
+        (volume,) = pod["volumes"]
+        assert volume["secret"]["secretName"] == "pipeline-secrets"
+        (mount,) = container["volumeMounts"]
+        assert (mount["name"], mount["readOnly"]) == (volume["name"], True)
+        directory = {"name": "PIPELINE_SECRETS_DIR", "value": mount["mountPath"]}
+        assert directory in container["env"]

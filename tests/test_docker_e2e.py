@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +82,9 @@ def test_docker_worker_runs_the_pushed_image(
     api_url = stack.server.api_url
     deploy_env = {**env, **stack.server.env(), **docker.provide_secret(repo, answers, stack.moto)}
 
+    started = time.monotonic()
     output = run(["make", "reconcile", f"ENV={environment}"], cwd=repo, env=deploy_env, timeout=900)
+    built = time.monotonic()
     tag = git("rev-parse", "--short=12", "HEAD", cwd=repo).strip()
     image = f"{stack.registry}/pipelines/{slug}:{tag}"
     assert docker.image_id(image), f"prefect deploy built no {image}:\n{output}"
@@ -112,6 +115,10 @@ def test_docker_worker_runs_the_pushed_image(
         publish = wait_for(api_url, docker.triggered_run(api_url, downstream["id"]), timeout=300)
         assert publish["state"]["type"] == "COMPLETED", log.read_text()[-4000:]
         rows = docker.count_rows(volume, "orders")
+    print(
+        f"\nmake reconcile (build, push) {built - started:.0f} s, then worker and both runs "
+        f"{time.monotonic() - built:.0f} s"
+    )
 
     # The worker pulled the image back from the registry and ran each flow in a container.
     assert docker.image_id(image)

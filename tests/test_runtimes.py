@@ -163,7 +163,10 @@ def test_each_combination_has_its_files_and_dependencies(
     orchestration = load_yaml(repo / "config" / "orchestration.yaml")
     assert orchestration["work_pool_type"] == runtime
     base_job_template = orchestration.get("base_job_template")
-    assert base_job_template == ("deploy/ecs-base-job-template.json" if runtime == "ecs" else None)
+    # Kubernetes with the default env backend mounts the namespace's secrets as files.
+    templates = {"ecs": "deploy/ecs-base-job-template.json"}
+    templates["kubernetes"] = "deploy/kubernetes-base-job-template.json"
+    assert base_job_template == templates.get(runtime)
 
     # The files these answers add or change read as if written by hand.
     touched = [repo / name for name in ("prefect.yaml", "Makefile", "README.md")]
@@ -336,8 +339,12 @@ def test_dockerfile_is_hadolint_clean_and_follows_the_lock(
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"ARG PYTHON_IMAGE=python:{python_version}-slim-bookworm\n" in dockerfile
     assert dockerfile.count("FROM ${PYTHON_IMAGE}") == 2  # build and run stages, one base
+    # Dependencies from the lock alone, the code as later layers: a code-only change ships only
+    # those (bench/docker_bench.py shows it).
     assert "RUN uv sync --locked --no-dev --no-install-project\n" in dockerfile
-    assert "RUN uv sync --locked --no-dev\n" in dockerfile
+    assert "RUN uv sync --locked --no-dev\n" not in dockerfile
+    assert "COPY --from=build /app/.venv /app/.venv\nCOPY src/ src/\n" in dockerfile
+    assert "PYTHONPATH=/app/src" in dockerfile
     users = re.findall(r"^USER (\S+)$", dockerfile, re.MULTILINE)
     assert users and users[-1] not in {"root", "0"}
     assert "ARG" not in dockerfile.replace("ARG PYTHON_IMAGE", "")  # no build-time secrets

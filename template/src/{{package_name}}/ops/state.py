@@ -85,6 +85,15 @@ def default_base_job_template(work_pool_type: str) -> dict[str, Any]:
     return worker.get_default_base_job_template()
 
 
+def base_job_template(orchestration: dict[str, Any], root: Path) -> dict[str, Any]:
+    """The pools' base job template: config/orchestration.yaml's, else the worker's default."""
+    pool_type = orchestration.get("work_pool_type") or "process"
+    template = orchestration.get("base_job_template") or default_base_job_template(pool_type)
+    if isinstance(template, str):  # a JSON file, as `prefect work-pool create` takes it
+        template = json.loads((root / template).read_text(encoding="utf-8"))
+    return template
+
+
 @cache
 def load_flow(entrypoint: str, root: Path) -> Flow[..., Any]:
     """The flow object of an entrypoint; imported once per process, as `prefect deploy` does.
@@ -138,9 +147,7 @@ def read_state(environment: str, root: Path) -> DesiredState:
     if not deployments:
         raise ConfigError(f"prefect.yaml has no deployment tagged 'env:{environment}'.")
     pool_type = orchestration.get("work_pool_type") or "process"
-    template = orchestration.get("base_job_template") or default_base_job_template(pool_type)
-    if isinstance(template, str):  # a JSON file, as `prefect work-pool create` takes it
-        template = json.loads((root / template).read_text(encoding="utf-8"))
+    template = base_job_template(orchestration, root)
     return DesiredState(
         environment=environment,
         project=project["name"],

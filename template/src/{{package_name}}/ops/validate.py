@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from .._internal.config import environment_names, read_yaml
 from .automations import LOCAL_KEYS
-from .state import default_base_job_template
+from .state import base_job_template
 
 EXTRA_TOP_LEVEL_KEYS = {"definitions"}
 
@@ -112,8 +112,7 @@ def validate(root: Path) -> list[str]:
         problems.append(f"prefect.yaml does not match Prefect's model: {error}")
     orchestration = read_yaml(root / "config" / "orchestration.yaml")
     problems += check_automations(orchestration, environment_names(root / "config"))
-    pool_type = orchestration.get("work_pool_type", "process")
-    template = default_base_job_template(pool_type)
+    template = base_job_template(orchestration, root)
     variables = set(template["variables"]["properties"])
     deployed_envs = set()
     for spec in project.get("deployments") or []:
