@@ -74,7 +74,7 @@ def test_tasks_run_on_the_cluster_and_an_unreachable_one_fails_fast(
         point_at(repo, environment, cluster)
         run(["make", "reconcile", f"ENV={environment}"], cwd=repo, env=env)
         database = repo / "warehouse.db"
-        worker_env = {**env, "WAREHOUSE_DSN": f"sqlite:///{database}"}
+        worker_env = {**env, **cluster.driver_env, "WAREHOUSE_DSN": f"sqlite:///{database}"}
         worker = [str(bin_dir / "prefect"), "worker", "start", "--pool", f"{slug}-{environment}"]
         log = tmp_path / "worker.log"
         with running_worker(worker, cwd=repo, env=worker_env, log=log):

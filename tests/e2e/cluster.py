@@ -27,6 +27,10 @@ from bench.concurrency_bench import api
 from tests.e2e.server import free_port
 
 ADDRESS_VARS = {"dask": "DASK_SCHEDULER_ADDRESS", "ray": "RAY_ADDRESS"}
+# Any local ray.init() writes a token to ~/.ray/auth_token, after which `ray start` turns token
+# authentication on and a driver without that setup is refused. This throwaway loopback
+# cluster opts out, and so do the flow runs that drive it.
+RAY_SETTINGS = {"RAY_AUTH_MODE": "disabled"}
 # Where the example flow's load task ran, as its run-summary artifact records it per batch.
 LOADED_BY = re.compile(r"process (\d+) \(parent (\d+)\) on (\S+)")
 
@@ -65,6 +69,11 @@ class Cluster:
     def env(self) -> dict[str, str]:
         """What points an environment's flow runs at this cluster."""
         return {self.variable: self.address}
+
+    @property
+    def driver_env(self) -> dict[str, str]:
+        """What a process that submits to this cluster (a flow run) needs besides the address."""
+        return dict(RAY_SETTINGS) if self.kind == "ray" else {}
 
     def ran(self, load: Load) -> bool:
         """Whether a load ran in this cluster: its process, or its parent (Ray ends idle workers,
@@ -194,7 +203,7 @@ def ray_cluster(bin_dir: Path, workdir: Path, env: Mapping[str, str]) -> Iterato
         "--disable-usage-stats",
         f"--temp-dir={temp}",
     ]
-    head = start(command, workdir, env, workdir / "ray.log", group=None)
+    head = start(command, workdir, {**env, **RAY_SETTINGS}, workdir / "ray.log", group=None)
     try:
         if head.wait(timeout=180) != 0:
             log = (workdir / "ray.log").read_text(errors="replace")
@@ -257,7 +266,7 @@ def demo_cluster(
     with cluster_for(task_runner, repo / ".venv" / "bin", workdir / "cluster", env) as cluster:
         if cluster:
             print(f"      {cluster.kind} cluster at {cluster.address}", flush=True)
-            env.update(cluster.env)
+            env.update(cluster.env | cluster.driver_env)
         yield cluster
 
 
