@@ -94,6 +94,9 @@ def setup(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             runtime="docker",
             environments=["dev", "prod"],
         )
+        # The env backend's secrets reach a container as files from this host directory: the
+        # deploy refuses to leave the mount's source empty.
+        docker.env["PIPELINE_SECRETS_DIR"] = str(work / "secrets")
         yield Setup(server, process, docker)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from fnmatch import fnmatch
 from pathlib import Path
 
 import copier
@@ -13,7 +14,7 @@ import pytest
 
 from fleet.repo import find_conflicts
 from tests.history import releases, tagged_template
-from tests.rendering import answers_of, git, render, repo_env, run_checks
+from tests.rendering import QUESTIONS, answers_of, git, render, repo_env, run_checks
 
 RELEASES = releases()
 # Answers that change files: the defaults, and a combination with other environments and limits.
@@ -74,6 +75,16 @@ def seed_files(repo: Path) -> dict[str, bytes]:
     }
 
 
+def kept_files(repo: Path) -> dict[str, bytes]:
+    """The files copier.yml's _skip_if_exists keeps as the team has them, by path."""
+    package = answers_of(repo)["package_name"]
+    patterns = [p.replace("{{ package_name }}", package) for p in QUESTIONS["_skip_if_exists"]]
+    kept = {str(path.relative_to(repo)) for path in repo.rglob("*") if path.is_file()}
+    included = {name for name in kept for p in patterns if fnmatch(name, p)}
+    excluded = {name for name in kept for p in patterns if p[0] == "!" and fnmatch(name, p[1:])}
+    return {name: (repo / name).read_bytes() for name in included - excluded}
+
+
 def make_team_edits(repo: Path) -> dict[str, str]:
     """The edits a team makes in its first weeks; returns path -> text that must survive."""
     package = answers_of(repo)["package_name"]
@@ -123,6 +134,7 @@ def test_update_from_a_release_keeps_team_edits_and_brings_template_changes(
     repo = copy_at(tagged, tag, tmp_path / "repo", answers)
     survivors = make_team_edits(repo)
     seeds = seed_files(repo)
+    kept = kept_files(repo)
 
     update(repo)
 
@@ -133,10 +145,12 @@ def test_update_from_a_release_keeps_team_edits_and_brings_template_changes(
     # never touches them, even where the template's own copy has changed since.
     after = seed_files(repo)
     assert {path: after.get(path) for path in seeds} == seeds
+    # So are the files _skip_if_exists keeps (config, settings.py, team.mk): byte for byte.
+    assert {path: (repo / path).read_bytes() for path in kept} == kept
     # Every other file the team did not touch is what a fresh render at HEAD gives (a seed file
     # a migration adds included).
     fresh = render(tagged, tmp_path / "fresh", answers, vcs_ref="HEAD")
-    team_owned = set(survivors) | set(seeds) | {".copier-answers.yml"}
+    team_owned = set(survivors) | set(seeds) | set(kept) | {".copier-answers.yml"}
     differing = [
         str(path.relative_to(fresh))
         for path in fresh.rglob("*")

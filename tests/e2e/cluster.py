@@ -29,8 +29,9 @@ from tests.e2e.server import free_port
 ADDRESS_VARS = {"dask": "DASK_SCHEDULER_ADDRESS", "ray": "RAY_ADDRESS"}
 # Any local ray.init() writes a token to ~/.ray/auth_token, after which `ray start` turns token
 # authentication on and a driver without that setup is refused. This throwaway loopback
-# cluster opts out, and so do the flow runs that drive it.
-RAY_SETTINGS = {"RAY_AUTH_MODE": "disabled"}
+# cluster opts out, and so do the flow runs that drive it. Ray also swaps a loopback address for
+# the machine's network address unless told it runs no multi-host cluster: keep it on loopback.
+RAY_SETTINGS = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # Where the example flow's load task ran, as its run-summary artifact records it per batch.
 LOADED_BY = re.compile(r"process (\d+) \(parent (\d+)\) on (\S+)")
 
@@ -182,8 +183,8 @@ def dask_cluster(
 def ray_cluster(bin_dir: Path, workdir: Path, env: Mapping[str, str]) -> Iterator[Cluster]:
     """`ray start --head` on a free port, its own temp dir and no fixed port of Ray's defaults.
 
-    Ray advertises the machine's own address, never 127.0.0.1 (ray.services refuses a loopback
-    node address): its processes listen on this machine only as far as the host allows.
+    Every address it advertises is 127.0.0.1 (RAY_SETTINGS, --node-ip-address), so all of its
+    traffic stays on loopback.
     """
     port = free_port()
     # A short path: Ray's Unix sockets live under it, and socket paths are limited to 107 bytes.
@@ -194,6 +195,7 @@ def ray_cluster(bin_dir: Path, workdir: Path, env: Mapping[str, str]) -> Iterato
         "start",
         "--head",
         f"--port={port}",
+        "--node-ip-address=127.0.0.1",
         f"--ray-client-server-port={free_port()}",
         "--num-cpus=2",
         "--include-dashboard=false",

@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from tests.e2e.server import running_server, running_worker
 from tests.rendering import ROOT, answers_of, render, run, snapshot_template, sync
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+RETRIED_STATUSES = {429, 502, 503}
 
 
 @dataclass
@@ -62,6 +64,19 @@ def api(url: str, method: str = "GET", body: dict[str, Any] | None = None) -> An
     request = urllib.request.Request(
         url, data=data, method=method, headers={"Content-Type": "application/json"}
     )
+    # Like Prefect's own client: a busy server (SQLite locked on two loaded cores) answers 503
+    # for a moment, so retry those few statuses with a growing pause, a bounded number of times.
+    for pause in (1, 2, 4, 8, 16):
+        try:
+            return _send(request)
+        except urllib.error.HTTPError as error:
+            if error.code not in RETRIED_STATUSES:
+                raise
+        time.sleep(pause)
+    return _send(request)
+
+
+def _send(request: urllib.request.Request) -> Any:
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read() or b"null")
 
