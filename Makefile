@@ -23,6 +23,7 @@ demo: $(STAMP) ## Render the defaults and run them end to end on a local Prefect
 	@$(BIN)/python -m tests.e2e.demo $(DEMO_ARGS)
 
 test: $(STAMP) ## Run the whole suite, slow end-to-end tests included
+	@tests/e2e/host_tools.sh
 	@tests/e2e/docker_host.sh
 	@$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "" --durations=15 $(PYTEST_ARGS)
 
