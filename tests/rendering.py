@@ -152,3 +152,14 @@ def run_checks(repo: Path, *, pytest: bool = True) -> dict[str, str]:
         # A generated suite on Ray takes about 5 min on 2 busy cores: leave it room.
         run([uv, "run", "pytest", "-q", "-p", "no:cacheprovider"], cwd=repo, env=env, timeout=1200)
     return env
+
+
+def assert_kubernetes_valid(manifests: Path) -> None:
+    """kubernetes-validate --strict on a file of manifests (its bundled schemas, offline)."""
+    result = subprocess.run(
+        [str(BIN / "kubernetes-validate"), "--strict", "--no-warn", str(manifests)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -9,7 +9,6 @@ the workers' own job configuration models and kubernetes-validate.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 import yaml
 from prefect_docker.worker import DockerWorker
 
-from tests.rendering import BIN, choices, render
+from tests.rendering import assert_kubernetes_valid, choices, render
 from tests.test_runtimes import SECRET_WORDS, deploy_time, deployments, env_of, job_configuration
 
 # Each backend's settings on a container runtime (process workers pass their own environment).
@@ -131,13 +130,7 @@ def kubernetes_jobs(repo: Path, overrides: dict[str, str]) -> list[dict[str, Any
         jobs.append(manifest)
     path = repo.parent / f"{repo.name}-jobs.yaml"
     path.write_text(yaml.safe_dump_all(jobs))
-    result = subprocess.run(
-        [str(BIN / "kubernetes-validate"), "--strict", "--no-warn", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_kubernetes_valid(path)
     return jobs
 
 

@@ -38,6 +38,7 @@ from tests.rendering import (
     QUESTIONS,
     ROOT,
     SET_WHEN_DEPLOYING,
+    assert_kubernetes_valid,
     choices,
     render,
     run,
@@ -455,13 +456,7 @@ def test_flow_run_manifests_are_valid_and_match_the_job_variables(
 ) -> None:
     repo = rendered("kubernetes")
     manifests = repo / "deploy" / "flow-runs.yaml"
-    result = subprocess.run(
-        [str(BIN / "kubernetes-validate"), "--strict", "--no-warn", str(manifests)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_kubernetes_valid(manifests)
     documents = [d for d in yaml.safe_load_all(manifests.read_text()) if d]
     accounts = {
         (d["metadata"]["namespace"], d["metadata"]["name"])
