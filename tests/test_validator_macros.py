@@ -33,9 +33,11 @@ UPDATE_SCRIPT = REPO / "scripts" / "update_timezones.py"
 
 def _copier_like_env() -> SandboxedEnvironment:
     # Copier renders in a SandboxedEnvironment whose loader root is the template root
-    # (where copier.yml lives), with the envops copier.yml sets, plus its `pathjoin` global.
+    # (where copier.yml lives), with the envops copier.yml sets, plus its `pathjoin` global and
+    # the filters it always loads.
     env = SandboxedEnvironment(
         loader=FileSystemLoader(str(REPO)),
+        extensions=["jinja2_ansible_filters.AnsibleCoreFiltersExtension"],
         keep_trailing_newline=True,
         lstrip_blocks=True,
         trim_blocks=True,
@@ -45,6 +47,18 @@ def _copier_like_env() -> SandboxedEnvironment:
 
 
 ENV = _copier_like_env()
+
+
+def _default_envops_env() -> Environment:
+    # What copier always gives a template that sets no envops of its own.
+    env = Environment(
+        loader=FileSystemLoader(str(REPO)),
+        extensions=["jinja2_ansible_filters.AnsibleCoreFiltersExtension"],
+    )
+    env.globals["pathjoin"] = lambda *parts: str(PurePosixPath(*parts))
+    return env
+
+
 CRON = ENV.from_string("{% from 'includes/cron.jinja' import cron_error %}{{ cron_error(x) }}")
 TZ = ENV.from_string(
     "{% from 'includes/timezones.jinja' import timezone_error %}{{ timezone_error(x) }}"
@@ -507,6 +521,56 @@ def test_cron_sweep_matches_croniter(seed: int) -> None:
         assert_verdict(expr, valid)
 
 
+# The forms includes/cron.jinja accepts at sight, and values just outside them.
+PLAIN_FIELDS = (
+    ("*", "*/1", "*/15", "*/59", "*/60", "*/0", "0", "5", "59", "60", "05"),
+    ("*", "*/1", "*/23", "*/24", "0", "9", "19", "23", "24", "07"),
+    ("*", "1", "9", "28", "29", "30", "31", "0"),
+    ("*", "1", "2", "12", "13", "0"),
+    ("*", "0", "5", "7", "8"),
+)
+
+
+def _checked_env_loads() -> tuple[SandboxedEnvironment, list[str]]:
+    loaded: list[str] = []
+
+    class RecordingLoader(FileSystemLoader):
+        def get_source(self, environment: Environment, template: str) -> tuple[str, str, object]:
+            loaded.append(template)
+            return super().get_source(environment, template)
+
+    env = _copier_like_env()
+    env.loader = RecordingLoader(str(REPO))
+    return env, loaded
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_forms_accepted_at_sight_agree_with_the_whole_check(seed: int) -> None:
+    rng = random.Random(seed)
+    expressions = {" ".join(rng.choice(values) for values in PLAIN_FIELDS) for _ in range(400)}
+    checked = ENV.from_string(
+        "{% from 'includes/cron_checked.jinja' import checked_cron_error %}"
+        "{{ checked_cron_error(x) }}"
+    )
+    disagreements = [expr for expr in expressions if cron_error(expr) != checked.render(x=expr)]
+    assert not disagreements, disagreements[:10]
+    assert sum(cron_error(expr) == "" for expr in expressions) > 50
+
+
+def test_common_forms_do_not_load_the_whole_check() -> None:
+    env, loaded = _checked_env_loads()
+    validator = env.from_string(
+        "{% from 'includes/cron.jinja' import cron_error %}{{ cron_error(x) }}"
+    )
+    for expr in ("0 2 * * *", "*/15 */2 28 12 7", "59 23 1 1 0"):
+        assert validator.render(x=expr) == ""
+    assert "includes/cron_checked.jinja" not in loaded
+    for expr in ("0 2 * * *\n", "0 0 29 2 *", "0 2 * * mon"):
+        assert validator.render(x=expr) == ""
+    assert "includes/cron_checked.jinja" in loaded
+    assert "never fires" in validator.render(x="0 0 31 2 *")
+
+
 def _edge_values(field: int) -> list[str]:
     lowest, highest, names = FIELDS[field]
     numbers = sorted({0, lowest, lowest + 1, (lowest + highest) // 2, highest - 1, highest})
@@ -535,7 +599,7 @@ def test_ranges_in_both_directions_match_croniter(field: int) -> None:
     "env",
     [
         pytest.param(ENV, id="copier-envops"),
-        pytest.param(Environment(loader=FileSystemLoader(str(REPO))), id="default-envops"),
+        pytest.param(_default_envops_env(), id="default-envops"),
     ],
 )
 def test_valid_answers_render_nothing_at_all(env: Environment) -> None:
@@ -559,7 +623,7 @@ def _copier_template(tmp_path: Path) -> Path:
     src = tmp_path / "template"
     # Only what the validators import: copier renders every file of this minimal template.
     (src / "includes").mkdir(parents=True)
-    for name in ("cron.jinja", "timezones.jinja"):
+    for name in ("cron.jinja", "cron_checked.jinja", "timezones.jinja"):
         shutil.copy(REPO / "includes" / name, src / "includes" / name)
     (src / "copier.yml").write_text(
         "_envops:\n"
