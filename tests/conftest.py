@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.history import tagged_template
 from tests.rendering import render, snapshot_template
 
 
@@ -17,3 +18,9 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def default_repo(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The template rendered with every default answer (do not modify it in a test)."""
     return render(template, tmp_path_factory.mktemp("default") / "sales-etl")
+
+
+@pytest.fixture(scope="session")
+def tagged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clone of the history with its releases tagged and the working tree as HEAD."""
+    return tagged_template(tmp_path_factory.mktemp("tagged") / "copier-prefect")

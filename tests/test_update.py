@@ -13,7 +13,7 @@ import copier
 import pytest
 
 from fleet.repo import find_conflicts
-from tests.history import releases, tagged_template
+from tests.history import releases
 from tests.rendering import QUESTIONS, answers_of, git, render, repo_env, run_checks
 
 RELEASES = releases()
@@ -36,11 +36,6 @@ def team() -> int:
     return 1
 """
 TEAM_NOTES = "On-call for this pipeline: the data platform rota.\n\n"
-
-
-@pytest.fixture(scope="session")
-def tagged(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tagged_template(tmp_path_factory.mktemp("tagged") / "copier-prefect")
 
 
 def copy_at(template: Path, ref: str, destination: Path, answers: dict[str, object]) -> Path:

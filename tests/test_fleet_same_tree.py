@@ -1,0 +1,85 @@
+"""The fleet's warm workers patch copier's internals to do shared work once (fleet/worker.py):
+on the real template, an update through the fleet must leave exactly the tree that the
+`copier update` a person runs by hand leaves, conflicts included."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fleet import repo as g
+from fleet.cli import main
+from fleet.update import copier_update_command
+from tests.history import releases
+from tests.test_update import ANSWER_SETS, copy_at, make_team_edits
+
+pytestmark = pytest.mark.slow
+
+
+def tree(repo: Path) -> dict[str, bytes]:
+    """Every file but git's own: what the team reviews and commits."""
+    return {
+        p.relative_to(repo).as_posix(): p.read_bytes()
+        for p in repo.rglob("*")
+        if p.is_file() and ".git" not in p.relative_to(repo).parts
+    }
+
+
+def by_hand(repo: Path, ref: str) -> None:
+    proc = subprocess.run(
+        copier_update_command(ref, trust=True), cwd=repo, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def through_the_fleet(repos: list[Path], ref: str, report: Path) -> list[dict]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(["update", "--to", ref, "--trust", "--no-checks", "--jobs", "2", "--report",
+              str(report), *map(str, repos)])  # fmt: skip
+    return json.loads(max(report.glob("report-*.json")).read_text())
+
+
+def test_fleet_and_copier_update_leave_the_same_tree(tagged: Path, tmp_path: Path) -> None:
+    # From the oldest release (its migration runs) for two answer sets with team edits, and a
+    # team edit that conflicts with a release of the same template.
+    oldest = next(iter(releases()))
+    template = tmp_path / "template"
+    shutil.copytree(tagged, template)
+    starts = {
+        name: copy_at(template, oldest, tmp_path / "hand" / name, answers)
+        for name, answers in ANSWER_SETS.items()
+    }
+    for repo in starts.values():
+        make_team_edits(repo)
+    conflicting = copy_at(template, "HEAD", tmp_path / "hand" / "conflict", {})
+    makefile = conflicting / "Makefile"
+    makefile.write_text(makefile.read_text().replace("## Run the tests", "## Run our tests"))
+    g.git(conflicting, "commit", "-q", "-am", "Team wording")
+    source = template / "template" / "Makefile.jinja"
+    source.write_text(source.read_text().replace("## Run the tests", "## Run the test suite"))
+    g.git(template, "commit", "-q", "-am", "Template wording")
+    g.git(template, "tag", "v99.0.0")
+    starts["conflict"] = conflicting
+    fleet_side = {
+        name: shutil.copytree(repo, tmp_path / "fleet" / name, symlinks=True)
+        for name, repo in starts.items()
+    }
+
+    for repo in starts.values():
+        by_hand(repo, "v99.0.0")
+    records = through_the_fleet(list(fleet_side.values()), "v99.0.0", tmp_path / "report")
+
+    assert [r["status"] for r in records] == ["updated", "updated", "updated-with-conflicts"]
+    assert g.find_conflicts(starts["conflict"]) == ["Makefile"]
+    for name, repo in starts.items():
+        by_hand_tree, fleet_tree = tree(repo), tree(fleet_side[name])
+        assert by_hand_tree.keys() == fleet_tree.keys(), name
+        differing = [path for path in by_hand_tree if by_hand_tree[path] != fleet_tree[path]]
+        assert differing == [], name
