@@ -7,11 +7,7 @@ cheaper cases get their own runs.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import shlex
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -20,70 +16,24 @@ from pathlib import Path
 import pytest
 
 from fleet import testing as fx
-from fleet.cli import main, read_repos_file
+from fleet.cli import read_repos_file
 from fleet.repo import RefResolver, find_conflicts
+from tests.fleet_support import (
+    BRANCH,
+    REPO_ROOT,
+    copy_repo,
+    git,
+    read_report,
+    report_path,
+    run_fleet,
+    snapshot,
+)
 
-BRANCH = "template-update/v2"
 TEAM_NOTE = "Team note: on-call is Alice."
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # With `pytest -n N --dist loadgroup` the module's fixtures (one nine-repo fleet run) are built
 # once instead of once per worker; plain `-n N` still passes, at twice the CPU.
 pytestmark = pytest.mark.xdist_group("fleet")
-
-
-def git(repo: Path, *args: str) -> str:
-    return fx.run_git(repo, *args)
-
-
-def snapshot(repo: Path) -> dict[str, bytes]:
-    # .git included: a refused repo must not even get a refreshed index or a new ref.
-    return {p.relative_to(repo).as_posix(): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
-
-
-def report_path(directory: Path) -> Path:
-    """The newest report-*.json (runs never overwrite each other's)."""
-    return max(directory.glob("report-*.json"), key=lambda p: p.stat().st_mtime_ns)
-
-
-def read_report(directory: Path) -> list[dict]:
-    return json.loads(report_path(directory).read_text())
-
-
-def run_fleet(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(["update", *argv])
-    return code, out.getvalue()
-
-
-@pytest.fixture(scope="module")
-def git_env(tmp_path_factory, pytestconfig):
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in fx.isolated_git_env(tmp_path_factory.mktemp("gitconfig")).items():
-            mp.setenv(key, value)
-        # Each fleet run starts `python -m copier` processes; without bytecode (uv venvs with
-        # PYTHONDONTWRITEBYTECODE) each one recompiles copier for seconds. Share one cache
-        # across runs and sessions, outside the source tree.
-        mp.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
-        mp.setenv("PYTHONPYCACHEPREFIX", str(pytestconfig.cache.mkdir("fleet-pycache")))
-        yield
-
-
-@pytest.fixture(scope="module")
-def tiny_template(tmp_path_factory, git_env) -> Path:
-    return fx.build_template(tmp_path_factory.mktemp("tpl") / "template")
-
-
-@pytest.fixture(scope="module")
-def pristine(tiny_template, tmp_path_factory) -> Path:
-    # Rendered once; every test copies it (copier renders cost ~1 s each).
-    return fx.render_repo(tiny_template, tmp_path_factory.mktemp("pristine") / "repo")
-
-
-def copy_repo(pristine: Path, dest: Path) -> Path:
-    shutil.copytree(pristine, dest, symlinks=True)
-    return dest
 
 
 @dataclass

@@ -25,19 +25,14 @@ import pytest
 from fleet import safety
 from fleet import testing as fx
 from fleet.cli import main
-from tests.test_fleet import (
+from tests.fleet_support import (
     BRANCH,
+    REPO_ROOT,
     copy_repo,
     git,
-    git_env,
-    pristine,
     read_report,
-    tiny_template,
 )
 
-__all__ = ["git_env", "pristine", "tiny_template"]  # fixtures shared with tests/test_fleet.py
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.xdist_group("fleet")
 
 

@@ -4,9 +4,6 @@ on the real template, an update through the fleet must leave exactly the tree th
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from fleet import repo as g
-from fleet.cli import main
 from fleet.update import copier_update_command
+from tests.fleet_support import read_report, run_fleet
 from tests.history import releases
 from tests.test_update import ANSWER_SETS, copy_at, make_team_edits
 
@@ -39,11 +36,9 @@ def by_hand(repo: Path, ref: str) -> None:
 
 
 def through_the_fleet(repos: list[Path], ref: str, report: Path) -> list[dict]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        main(["update", "--to", ref, "--trust", "--no-checks", "--jobs", "2", "--report",
-              str(report), *map(str, repos)])  # fmt: skip
-    return json.loads(max(report.glob("report-*.json")).read_text())
+    run_fleet("--to", ref, "--trust", "--no-checks", "--jobs", "2", "--report", str(report),
+              *map(str, repos))  # fmt: skip
+    return read_report(report)
 
 
 def test_fleet_and_copier_update_leave_the_same_tree(tagged: Path, tmp_path: Path) -> None:

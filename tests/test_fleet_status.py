@@ -14,18 +14,14 @@ import pytest
 from fleet import testing as fx
 from fleet.cli import main
 from fleet.push import pull_request_url
-from tests.test_fleet import (
+from tests.fleet_support import (
     BRANCH,
     REPO_ROOT,
     copy_repo,
     git,
-    git_env,
-    pristine,
     read_report,
-    tiny_template,
 )
 
-__all__ = ["git_env", "pristine", "tiny_template"]  # fixtures shared with tests/test_fleet.py
 pytestmark = pytest.mark.xdist_group("fleet")
 
 
