@@ -7,13 +7,15 @@ file (it renders every path part and runs a git command per written file). Copie
 between the three so machine load weighs on all alike; the script prints each median and the
 ratios, and with --phases where the template's own copy spends its time.
 
-    .venv/bin/python -m bench.render_bench [--copies 15] [--phases]
+    .venv/bin/python -m bench.render_bench [--copies 15] [--phases | --processes]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -72,11 +74,19 @@ def plain_files_template(directory: Path, count: int) -> Path:
     return directory
 
 
-def copy_seconds(template: Path, destination: Path) -> float:
+def copy_seconds(template: Path, destination: Path, process: bool = False) -> float:
     start = time.perf_counter()
-    copier.run_copy(
-        str(template), destination, defaults=True, vcs_ref="HEAD", quiet=True, unsafe=True
-    )
+    if process:
+        # What a person waits for: a `copier copy` process, start-up and imports included.
+        command = ["copy", "--defaults", "--vcs-ref", "HEAD", "--quiet", "--trust"]
+        subprocess.run(
+            [sys.executable, "-m", "copier", *command, str(template), str(destination)],
+            check=True,
+        )
+    else:
+        copier.run_copy(
+            str(template), destination, defaults=True, vcs_ref="HEAD", quiet=True, unsafe=True
+        )
     return time.perf_counter() - start
 
 
@@ -84,7 +94,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=15)
     parser.add_argument("--phases", action="store_true", help="break the template's copy down")
+    parser.add_argument(
+        "--processes", action="store_true", help="time `copier copy` processes, not calls"
+    )
     args = parser.parse_args()
+    if args.phases and args.processes:
+        parser.error("--phases times copier's steps in this process: not with --processes")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         template = snapshot_template(work / "template")
@@ -99,9 +114,9 @@ def main() -> None:
         phases: dict[str, float] = defaultdict(float)
         for i in range(args.copies):
             with timed_phases(phases) if args.phases else nullcontext():
-                full.append(copy_seconds(template, work / f"full-{i}"))
-            floor.append(copy_seconds(floor_template, work / f"floor-{i}"))
-            plain.append(copy_seconds(plain_template, work / f"plain-{i}"))
+                full.append(copy_seconds(template, work / f"full-{i}", args.processes))
+            floor.append(copy_seconds(floor_template, work / f"floor-{i}", args.processes))
+            plain.append(copy_seconds(plain_template, work / f"plain-{i}", args.processes))
     full_s, floor_s, plain_s = (statistics.median(t) for t in (full, floor, plain))
     print(
         f"copier copy, median of {args.copies} alternating: defaults {full_s:.3f} s, "
