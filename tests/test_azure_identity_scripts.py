@@ -193,3 +193,11 @@ def test_acr_login_that_fails_stops_the_deploy(
     assert "AADSTS700024" in result.stderr
     assert not (tmp_path / "make-args").exists()
     assert not (tmp_path / "docker").exists()
+
+
+def test_preview_logs_in_before_it_pushes(repo_for: Callable[[str], Path]) -> None:
+    """A preview builds and pushes its image as the first deploy does, so it logs in first."""
+    repo = repo_for(f"{ACR}/pipelines")
+    dry_run = ["make", "-n", "preview", "REQUEST=7"]
+    commands = subprocess.run(dry_run, cwd=repo, capture_output=True, text=True, check=True)
+    assert re.findall(r" -m \S+\.ops\.(\w+)", commands.stdout) == ["registry_login", "preview"]

@@ -415,10 +415,12 @@ def azure_command(step: dict[str, Any]) -> str | None:
     return None
 
 
-def check_azure_deploy_step(repo: Path, env: str, step: dict[str, Any]) -> None:
-    """The deploy step logs in with the environment's service connection wherever its registry
+def check_azure_deploy_step(
+    repo: Path, env: str, step: dict[str, Any], name: str = "make deploy"
+) -> None:
+    """A deploy step logs in with the environment's service connection wherever its registry
     (or AWS role) takes a short-lived identity, and never maps a stored password or AWS key."""
-    assert step["displayName"] == "make deploy"
+    assert step["displayName"] == name
     assert step["env"]["PREFECT_API_KEY"] == "$(PREFECT_API_KEY)"
     assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(step["env"])
     answers = answers_of(repo)
@@ -452,8 +454,10 @@ def check_azure_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules: boo
     stages = {stage["stage"]: stage for stage in load(repo, "azure-pipelines.yml")["stages"]}
     assert list(stages) == ["check", "preview", *(f"deploy_{env}" for env in [*preprod, prod])]
     assert "'PullRequest'" in stages["preview"]["condition"]
-    preview_script = stages["preview"]["jobs"][0]["steps"][-1]["script"]
-    assert preview_script == "make preview REQUEST=$(System.PullRequest.PullRequestId)"
+    preview_step = stages["preview"]["jobs"][0]["steps"][-1]
+    assert azure_command(preview_step) == "make preview REQUEST=$(System.PullRequest.PullRequestId)"
+    # The preview pushes its image too: the first environment's login (`preview: registry-login`).
+    check_azure_deploy_step(repo, preprod[0] if preprod else prod, preview_step, "make preview")
     previous = "check"
     for env in [*preprod, prod]:
         stage = stages[f"deploy_{env}"]
