@@ -38,6 +38,7 @@ FAKE_MAKE = """#!/bin/bash
 # make deploy's first prerequisite, `make registry-login`, with the generated package.
 set -eu
 printf '%s\\n' "$*" > "$WORKDIR/make-args"
+printf '%s\\n' "${AWS_DEFAULT_REGION-unset}" > "$WORKDIR/make-region"
 exec "$PYTHON" -m "$PACKAGE.ops.registry_login" "$IMAGE"
 """
 FAKE_AZ = """#!/bin/bash
@@ -48,14 +49,15 @@ printf '%s\\n' "$ACR_TOKEN"
 
 
 @pytest.fixture(scope="module")
-def repo_for(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+def repo_for(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """An Azure Pipelines repository pushing to a registry, rendered once per module."""
 
     @functools.cache
-    def _render(registry: str) -> Path:
+    def _render(registry: str, secret_backend: str = "env") -> Path:
         destination = tmp_path_factory.mktemp("azure") / "repo"
         answers = {"ci_platform": "azure-pipelines", "runtime": "docker"}
-        return render(template, destination, {**answers, "image_registry": registry})
+        answers |= {"image_registry": registry, "secret_backend": secret_backend}
+        return render(template, destination, answers)
 
     return _render
 
@@ -131,14 +133,16 @@ GROUP = {"PREFECT_API_URL": "https://prefect.example/api", "PREFECT_API_KEY": "p
 
 @pytest.mark.slow
 def test_ecr_login_assumes_the_role_with_the_connection_s_token(
-    repo_for: Callable[[str], Path], moto: str, tmp_path: Path
+    repo_for: Callable[..., Path], moto: str, tmp_path: Path
 ) -> None:
-    repo = repo_for(ECR)
+    # With AWS Secrets Manager, whose region (the group's) the deploy passes to flow runs.
+    repo = repo_for(ECR, "aws-secrets-manager")
     task = deploy_task(repo, "dev")
-    group = {**GROUP, "AWS_ROLE_ARN": ROLE}
+    group = {**GROUP, "AWS_ROLE_ARN": ROLE, "AWS_DEFAULT_REGION": "us-east-1"}
     result = run_task(repo, task, tmp_path, group, AWS_ENDPOINT_URL=moto)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "make-args").read_text() == "deploy ENV=dev\n"
+    assert (tmp_path / "make-region").read_text() == "us-east-1\n"
     # The only credentials this run had were the role and the token file: moto's ECR answered.
     user, _, password = docker_login(tmp_path, ECR).partition(":")
     assert user == "AWS" and password
@@ -151,9 +155,9 @@ def test_ecr_login_assumes_the_role_with_the_connection_s_token(
 
 @pytest.mark.slow
 def test_ecr_login_without_a_role_stops_and_names_it(
-    repo_for: Callable[[str], Path], moto: str, tmp_path: Path
+    repo_for: Callable[..., Path], moto: str, tmp_path: Path
 ) -> None:
-    repo = repo_for(ECR)
+    repo = repo_for(ECR, "aws-secrets-manager")
     result = run_task(repo, deploy_task(repo, "dev"), tmp_path, GROUP, AWS_ENDPOINT_URL=moto)
     assert result.returncode != 0
     assert "set AWS_ROLE_ARN in the variable group" in result.stderr
@@ -162,7 +166,7 @@ def test_ecr_login_without_a_role_stops_and_names_it(
 
 
 def test_acr_login_hands_the_connection_s_token_to_registry_login(
-    repo_for: Callable[[str], Path], tmp_path: Path
+    repo_for: Callable[..., Path], tmp_path: Path
 ) -> None:
     repo = repo_for(f"{ACR}/pipelines")
     task = deploy_task(repo, "prod")
@@ -185,7 +189,7 @@ def test_acr_login_hands_the_connection_s_token_to_registry_login(
 
 
 def test_acr_login_that_fails_stops_the_deploy(
-    repo_for: Callable[[str], Path], tmp_path: Path
+    repo_for: Callable[..., Path], tmp_path: Path
 ) -> None:
     repo = repo_for(f"{ACR}/pipelines")
     result = run_task(repo, deploy_task(repo, "prod"), tmp_path, GROUP, AZ_FAILS="1")
@@ -195,7 +199,7 @@ def test_acr_login_that_fails_stops_the_deploy(
     assert not (tmp_path / "docker").exists()
 
 
-def test_preview_logs_in_before_it_pushes(repo_for: Callable[[str], Path]) -> None:
+def test_preview_logs_in_before_it_pushes(repo_for: Callable[..., Path]) -> None:
     """A preview builds and pushes its image as the first deploy does, so it logs in first."""
     repo = repo_for(f"{ACR}/pipelines")
     dry_run = ["make", "-n", "preview", "REQUEST=7"]
