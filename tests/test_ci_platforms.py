@@ -898,7 +898,10 @@ def test_azure_pipelines_logs_in_with_its_service_connection(
     registry: str, rendered: Callable[..., Path], oracles: Oracles, tmp_path: Path
 ) -> None:
     platform = "azure-pipelines"
-    repo = rendered(ci_platform=platform, runtime="docker", image_registry=registry)
+    answers = {"ci_platform": platform, "runtime": "docker", "image_registry": registry}
+    if registry == QUESTIONS["image_registry"]["default"]:
+        del answers["image_registry"]  # the same render as test_platform_and_runtime_...
+    repo = rendered(**answers)
     # Validators, and each deploy step against the registry (check_azure_deploy_step).
     check_platform(platform, repo, oracles, tmp_path)
     text = (repo / "azure-pipelines.yml").read_text(encoding="utf-8")
