@@ -430,7 +430,8 @@ def check_azure_deploy_step(
     gar = bool(re.match(r"[a-z0-9-]+-docker\.pkg\.dev(/|$)", registry))
     # An AWS role: an ECR registry's, or one a runtime asks for (the README names it).
     aws_role = "`AWS_ROLE_ARN`" in (repo / "README.md").read_text(encoding="utf-8")
-    assert aws_role >= bool(re.match(r"[0-9]{12}\.dkr\.ecr\.", registry))
+    ecr = bool(re.match(r"[0-9]{12}\.dkr\.ecr\.", registry))
+    assert aws_role or not ecr, "an ECR registry without AWS_ROLE_ARN"
     identity = aws_role or acr or gar
     assert (step.get("task") == "AzureCLI@2") == identity, step
     if not identity:
