@@ -405,14 +405,60 @@ def check_bitbucket_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules:
         assert "caches" not in step
 
 
+def azure_command(step: dict[str, Any]) -> str | None:
+    """What an Azure step runs: its script, or an AzureCLI@2 task's last inline line (the
+    lines before it are the identity's login)."""
+    if "script" in step:
+        return str(step["script"])
+    if step.get("task") == "AzureCLI@2":
+        return str(step["inputs"]["inlineScript"].splitlines()[-1])
+    return None
+
+
+def check_azure_deploy_step(
+    repo: Path, env: str, step: dict[str, Any], name: str = "make deploy"
+) -> None:
+    """A deploy step logs in with the environment's service connection wherever its registry
+    (or AWS role) takes a short-lived identity, and never maps a stored password or AWS key."""
+    assert step["displayName"] == name
+    assert step["env"]["PREFECT_API_KEY"] == "$(PREFECT_API_KEY)"
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(step["env"])
+    answers = answers_of(repo)
+    pushes = (repo / "Dockerfile").is_file()
+    registry = answers.get("image_registry", "") if pushes else ""
+    acr = bool(re.match(r"[a-z0-9]+\.azurecr\.io(/|$)", registry))
+    gar = bool(re.match(r"[a-z0-9-]+-docker\.pkg\.dev(/|$)", registry))
+    # An AWS role: an ECR registry's, or one a runtime asks for (the README names it).
+    aws_role = "`AWS_ROLE_ARN`" in (repo / "README.md").read_text(encoding="utf-8")
+    ecr = bool(re.match(r"[0-9]{12}\.dkr\.ecr\.", registry))
+    assert aws_role or not ecr, "an ECR registry without AWS_ROLE_ARN"
+    identity = aws_role or acr or gar
+    assert (step.get("task") == "AzureCLI@2") == identity, step
+    if not identity:
+        return
+    if registry:
+        assert "REGISTRY_PASSWORD" not in step["env"], "a stored password beside the identity"
+    inputs = step["inputs"]
+    assert inputs["azureSubscription"] == f"{answers['project_slug']}-{env}"
+    assert (inputs["scriptType"], inputs["scriptLocation"]) == ("bash", "inlineScript")
+    script = inputs["inlineScript"]
+    assert script.splitlines()[0] == "set -eu"
+    # $idToken is what AWS and Google trust; ACR takes the task's own Azure login.
+    assert inputs.get("addSpnToEnvironment", False) == (aws_role or gar)
+    assert ("AWS_WEB_IDENTITY_TOKEN_FILE" in script) == aws_role
+    assert ("az acr login" in script) == acr
+
+
 def check_azure_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> None:
     check_jsonschema(repo, "vendor.azure-pipelines", "azure-pipelines.yml")
     preprod, prod = preprod_and_prod(repo)
     stages = {stage["stage"]: stage for stage in load(repo, "azure-pipelines.yml")["stages"]}
     assert list(stages) == ["check", "preview", *(f"deploy_{env}" for env in [*preprod, prod])]
     assert "'PullRequest'" in stages["preview"]["condition"]
-    preview_script = stages["preview"]["jobs"][0]["steps"][-1]["script"]
-    assert preview_script == "make preview REQUEST=$(System.PullRequest.PullRequestId)"
+    preview_step = stages["preview"]["jobs"][0]["steps"][-1]
+    assert azure_command(preview_step) == "make preview REQUEST=$(System.PullRequest.PullRequestId)"
+    # The preview pushes its image too: the first environment's login (`preview: registry-login`).
+    check_azure_deploy_step(repo, preprod[0] if preprod else prod, preview_step, "make preview")
     previous = "check"
     for env in [*preprod, prod]:
         stage = stages[f"deploy_{env}"]
@@ -423,11 +469,11 @@ def check_azure_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules: boo
         (job,) = stage["jobs"]
         assert job["environment"] == env
         steps = job["strategy"]["runOnce"]["deploy"]["steps"]
-        scripts = [step.get("script") for step in steps]
-        script = steps[scripts.index(f"make deploy ENV={env}")]
-        assert scripts[scripts.index(f"make deploy ENV={env}") + 1] == f"make smoke ENV={env}"
+        scripts = [azure_command(step) for step in steps]
+        deploy_at = scripts.index(f"make deploy ENV={env}")
+        assert scripts[deploy_at + 1] == f"make smoke ENV={env}"
         assert (scripts[-1] == "make preview-prune") == (env == [*preprod, prod][0])
-        assert script["env"]["PREFECT_API_KEY"] == "$(PREFECT_API_KEY)"
+        check_azure_deploy_step(repo, env, steps[deploy_at])
         previous = f"deploy_{env}"
 
 
@@ -611,8 +657,17 @@ def test_every_ci_hook_renders_valid_ci(
             assert any("$BITBUCKET_STEP_OIDC_TOKEN" in line for line in step["script"])
             assert any(line.startswith("make deploy") for line in step["script"])
     if platform == "azure-pipelines":
+        # The hooks' secret is mapped; the AWS role is assumed with the service connection's
+        # OIDC token, in the task that deploys.
         assert "REGISTRY_PASSWORD: $(REGISTRY_PASSWORD)" in text
-        assert "AWS_SECRET_ACCESS_KEY: $(AWS_SECRET_ACCESS_KEY)" in text
+        assert "AWS_SECRET_ACCESS_KEY" not in text and "AWS_ACCESS_KEY_ID" not in text
+        stages = load(repo, "azure-pipelines.yml")["stages"]
+        for stage in stages[2:]:
+            steps = stage["jobs"][0]["strategy"]["runOnce"]["deploy"]["steps"]
+            (task,) = [step for step in steps if step.get("task") == "AzureCLI@2"]
+            assert task["inputs"]["addSpnToEnvironment"] is True
+            assert "AWS_WEB_IDENTITY_TOKEN_FILE" in task["inputs"]["inlineScript"]
+            assert task["env"]["REGISTRY_PASSWORD"] == "$(REGISTRY_PASSWORD)"
 
 
 @pytest.mark.slow
@@ -643,8 +698,6 @@ def test_deploy_jobs_provide_every_variable_prefect_yaml_reads(
     if runtime != "process":
         # The push needs a registry login: a password, or for ECR a role CI assumes.
         login = "AWS_ROLE_ARN" if runtime == "ecs" else "REGISTRY_PASSWORD"
-        if platform == "azure-pipelines" and runtime == "ecs":
-            login = "AWS_SECRET_ACCESS_KEY"
         assert f"`{login}`" in ci_section
 
 
@@ -796,13 +849,19 @@ def test_registry_login_uses_the_jobs_identity_where_the_platform_has_one(
     text = "\n".join((repo / path).read_text(encoding="utf-8") for path in CI_FILES[platform])
     readme = (repo / "README.md").read_text(encoding="utf-8")
     gitlab_registry = registry.startswith("registry.gitlab.com/")
-    static = platform == "azure-pipelines" or (gitlab_registry and platform != "gitlab-ci")
-    assert ("REGISTRY_PASSWORD" in text) == (static or gitlab_registry), text
+    static = gitlab_registry and platform != "gitlab-ci"
+    if platform == "azure-pipelines":
+        # ACR's token is handed to `make registry-login` in the deploy task, never stored.
+        assert ("$(REGISTRY_PASSWORD)" in text) == static, text
+    else:
+        assert ("REGISTRY_PASSWORD" in text) == (static or gitlab_registry), text
     assert ("a stored\npassword" in readme) == static
     if static:
         return
+    # Azure Pipelines' service connection holds ACR's tenant and app.
+    azure_acr = platform == "azure-pipelines" and ".azurecr.io" in registry
     for name in IDENTITY_REGISTRIES[registry]:
-        assert f"`{name}`" in readme, name
+        assert (f"`{name}`" in readme) != azure_acr, name
     if platform == "github-actions":
         deploy = load(repo, ".github/workflows/deploy.yml")
         for job_id in ("promote", "release"):
@@ -822,3 +881,51 @@ def test_registry_login_uses_the_jobs_identity_where_the_platform_has_one(
     if platform == "bitbucket-pipelines":
         main = load(repo, "bitbucket-pipelines.yml")["pipelines"]["branches"]["main"]
         assert all(item["step"]["oidc"] for item in main if "deployment" in item["step"])
+
+
+# Azure Pipelines' deploy logs in with its environment's service connection: registry, what its
+# variable group holds instead of a password, what the README asks to create.
+AZURE_REGISTRIES = {
+    "123456789012.dkr.ecr.eu-west-1.amazonaws.com": ["AWS_ROLE_ARN"],
+    "acme.azurecr.io/pipelines": [],
+    "europe-west1-docker.pkg.dev/acme/pipelines": ["GCP_WORKLOAD_IDENTITY_PROVIDER"],
+    "registry.example.com/pipelines": ["REGISTRY_USERNAME", "REGISTRY_PASSWORD"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("registry", sorted(AZURE_REGISTRIES))
+def test_azure_pipelines_logs_in_with_its_service_connection(
+    registry: str, rendered: Callable[..., Path], oracles: Oracles, tmp_path: Path
+) -> None:
+    platform = "azure-pipelines"
+    answers = {"ci_platform": platform, "runtime": "docker", "image_registry": registry}
+    if registry == QUESTIONS["image_registry"]["default"]:
+        del answers["image_registry"]  # the same render as test_platform_and_runtime_...
+    repo = rendered(**answers)
+    # Validators, and each deploy step against the registry (check_azure_deploy_step).
+    check_platform(platform, repo, oracles, tmp_path)
+    text = (repo / "azure-pipelines.yml").read_text(encoding="utf-8")
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    ci_section = readme.split("### CI/CD", 1)[1].split("\n### ", 1)[0]
+    static = registry.startswith("registry.example.com/")
+    for name in AZURE_REGISTRIES[registry]:
+        assert f"`{name}`" in ci_section, name
+    # No stored password or AWS key anywhere but where the registry offers nothing else.
+    assert ("$(REGISTRY_PASSWORD)" in text) == static
+    assert "AWS_SECRET_ACCESS_KEY" not in text and "AWS_ACCESS_KEY_ID" not in text
+    assert ("a stored\npassword" in readme) == static
+    slug = answers_of(repo)["project_slug"]
+    assert (f"service connection `{slug}-<env>`" in ci_section) != static
+    if ".amazonaws.com" in registry:
+        assert "`api://AzureADTokenExchange`" in ci_section
+        assert "`https://vstoken.dev.azure.com/<organization id>`" in ci_section
+    if static:
+        return
+    stages = load(repo, "azure-pipelines.yml")["stages"]
+    deploys = [stage for stage in stages if stage["stage"].startswith("deploy_")]
+    for stage in deploys:
+        steps = stage["jobs"][0]["strategy"]["runOnce"]["deploy"]["steps"]
+        (task,) = [step for step in steps if step.get("task") == "AzureCLI@2"]
+        env = stage["stage"].removeprefix("deploy_")
+        assert task["inputs"]["azureSubscription"] == f"{slug}-{env}"
