@@ -883,6 +883,34 @@ def test_registry_login_uses_the_jobs_identity_where_the_platform_has_one(
         assert all(item["step"]["oidc"] for item in main if "deployment" in item["step"])
 
 
+@pytest.mark.parametrize("deployment_region", ["", "eu-central-1"])
+def test_bitbucket_ecr_login_keeps_the_deployment_s_region(
+    deployment_region: str, rendered: Callable[..., Path]
+) -> None:
+    """The step's region is the registry's only where the deployment sets none: the AWS Secrets
+    Manager backend's AWS_DEFAULT_REGION must reach prefect deploy as the deployment has it."""
+    repo = rendered(
+        ci_platform="bitbucket-pipelines",
+        runtime="docker",
+        secret_backend="aws-secrets-manager",
+        image_registry="123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+    )
+    main = load(repo, "bitbucket-pipelines.yml")["pipelines"]["branches"]["main"]
+    step = next(item["step"] for item in main if "deployment" in item["step"])
+    (export,) = [line for line in step["script"] if "AWS_WEB_IDENTITY_TOKEN_FILE=" in line]
+    env = {"PATH": os.environ["PATH"], "AWS_DEFAULT_REGION": deployment_region}
+    if not deployment_region:
+        del env["AWS_DEFAULT_REGION"]
+    shown = subprocess.run(
+        ["bash", "-euc", f'{export}\nprintf %s "$AWS_DEFAULT_REGION"'],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert shown == (deployment_region or "eu-west-1")
+
+
 # Azure Pipelines' deploy logs in with its environment's service connection: registry, what its
 # variable group holds instead of a password, what the README asks to create.
 AZURE_REGISTRIES = {
