@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from prefect.settings import get_current_settings
@@ -10,9 +11,11 @@ from prefect.settings import get_current_settings
 from .._internal.config import ConfigError
 from .deployments import deploy_environment
 from .preflight import preflight
+from .promote import builds_image, head_version, pinned_environment
 from .reconcile import reconcile
 from .state import read_state
 from .validate import validate
+from .versions import resolve_commit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         state = read_state(args.env, args.root)
     except ConfigError as error:
         parser.exit(2, f"ops: {error}\n")
+    # A container runtime's image is built and pushed once here, then every deployment is
+    # deployed with it pinned by digest: `prefect deploy` would build and push it once for each.
+    # A plan compares with the image the registry already has for the commit, if any.
+    pin_image = builds_image(state) and not (args.skip_deploy or args.prebuilt_image)
+    build_once = pin_image and not args.dry_run
     try:
         if not args.dry_run:
             with deploy_environment(args.root):
@@ -56,14 +64,20 @@ def main(argv: list[str] | None = None) -> int:
                     prebuilt_image=args.prebuilt_image,
                     root=args.root,
                 )
-        reconcile(
-            state,
-            args.root,
-            dry_run=args.dry_run,
-            skip_deploy=args.skip_deploy,
-            prune=args.prune,
-            prebuilt_image=args.prebuilt_image,
-        )
+        image: AbstractContextManager[None] = nullcontext()
+        if pin_image:
+            commit = resolve_commit(args.root)
+            version = head_version(state, args.root, commit, build=build_once)
+            image = pinned_environment(version)
+        with image:
+            reconcile(
+                state,
+                args.root,
+                dry_run=args.dry_run,
+                skip_deploy=args.skip_deploy,
+                prune=args.prune,
+                prebuilt_image=args.prebuilt_image or build_once,
+            )
     except ConfigError as error:
         parser.exit(2, f"ops: {error}\n")
     return 0
