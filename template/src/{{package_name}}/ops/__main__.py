@@ -1,24 +1,26 @@
-"""`python -m <package>.ops reconcile --env ENV [--dry-run] [--prune]` | `validate`."""
+"""`python -m <package>.ops reconcile --env ENV [--dry-run] [--prune]` | `validate`.
+
+A container runtime's image is built and pushed once per commit (ops/image.py), then every
+deployment is deployed with it pinned by digest: `prefect deploy` would build and push it once
+for each. The build and push start first, beside the import of Prefect and the flows (seconds of
+CPU), so the image of a clean commit may reach the registry even when the preflight then
+refuses the deploy: the next deploy of that commit reuses it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
-from prefect.settings import get_current_settings
-
-from .._internal.config import ConfigError
-from .deployments import deploy_environment
-from .preflight import preflight
-from .promote import builds_image, head_version, pinned_environment
-from .reconcile import reconcile
-from .state import read_state
-from .validate import validate
-from .versions import resolve_commit
+from .._internal.config import ConfigError, read_yaml
+from .versions import Version, resolve_commit
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ops", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("reconcile", help="apply one environment's declared state")
@@ -40,46 +42,74 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--root", type=Path, default=Path.cwd(), help="the repository root")
     check = commands.add_parser("validate", help="check prefect.yaml and config/, offline")
     check.add_argument("--root", type=Path, default=Path.cwd(), help="the repository root")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def publish_soon(root: Path) -> tuple[str, Future[str]] | None:
+    """HEAD's commit, and its image building and pushing in a thread; None when prefect.yaml
+    builds no image (a process runtime)."""
+    if not read_yaml(root / "prefect.yaml").get("build"):
+        return None
+    from . import image  # container runtimes only
+
+    commit = resolve_commit(root)
+    return commit, image.publish_soon(root, os.environ.get("IMAGE_TAG") or commit[:12])
+
+
+def reconcile_environment(args: argparse.Namespace) -> None:
+    # Imported here, after the image build started: Prefect and the flows take seconds to load.
+    from prefect.settings import get_current_settings
+
+    from .deployments import deploy_environment
+    from .preflight import preflight
+    from .promote import builds_image, head_version, pinned_environment
+    from .reconcile import reconcile
+    from .state import read_state
+
+    deploys = not (args.dry_run or args.skip_deploy or args.prebuilt_image)
+    publishing = publish_soon(args.root) if deploys else None
+    state = read_state(args.env, args.root)
+    if not args.dry_run:
+        with deploy_environment(args.root):
+            preflight(
+                state,
+                get_current_settings().api.url,
+                prebuilt_image=args.prebuilt_image,
+                root=args.root,
+            )
+    image: AbstractContextManager[None] = nullcontext()
+    if publishing is not None:
+        commit, digest = publishing
+        image = pinned_environment(Version(commit, digest.result()))
+    elif builds_image(state) and args.dry_run and not (args.skip_deploy or args.prebuilt_image):
+        # A plan compares with the image the registry already has for the commit, if any.
+        commit = resolve_commit(args.root)
+        image = pinned_environment(head_version(state, args.root, commit, build=False))
+    with image:
+        reconcile(
+            state,
+            args.root,
+            dry_run=args.dry_run,
+            skip_deploy=args.skip_deploy,
+            prune=args.prune,
+            prebuilt_image=args.prebuilt_image or publishing is not None,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     if args.command == "validate":
+        from .validate import validate
+
         problems = validate(args.root)
         for problem in problems:
             print(problem)
         return 1 if problems else 0
     try:
-        state = read_state(args.env, args.root)
+        reconcile_environment(args)
     except ConfigError as error:
-        parser.exit(2, f"ops: {error}\n")
-    # A container runtime's image is built and pushed once here, then every deployment is
-    # deployed with it pinned by digest: `prefect deploy` would build and push it once for each.
-    # A plan compares with the image the registry already has for the commit, if any.
-    pin_image = builds_image(state) and not (args.skip_deploy or args.prebuilt_image)
-    build_once = pin_image and not args.dry_run
-    try:
-        if not args.dry_run:
-            with deploy_environment(args.root):
-                preflight(
-                    state,
-                    get_current_settings().api.url,
-                    prebuilt_image=args.prebuilt_image,
-                    root=args.root,
-                )
-        image: AbstractContextManager[None] = nullcontext()
-        if pin_image:
-            commit = resolve_commit(args.root)
-            version = head_version(state, args.root, commit, build=build_once)
-            image = pinned_environment(version)
-        with image:
-            reconcile(
-                state,
-                args.root,
-                dry_run=args.dry_run,
-                skip_deploy=args.skip_deploy,
-                prune=args.prune,
-                prebuilt_image=args.prebuilt_image or build_once,
-            )
-    except ConfigError as error:
-        parser.exit(2, f"ops: {error}\n")
+        print(f"ops: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
