@@ -45,10 +45,24 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def api_answers() -> bool:
+    """PREFECT_API_URL is set in the environment and answers: the one check worth making
+    before a build starts, as a deploy to nowhere is the likeliest refusal."""
+    import httpx  # Prefect's own HTTP client, imported by it anyway
+
+    url = os.environ.get("PREFECT_API_URL", "").strip()
+    if not url.startswith(("http://", "https://")):
+        return False
+    try:
+        return httpx.get(f"{url.rstrip('/')}/health", timeout=10).is_success
+    except httpx.HTTPError:
+        return False
+
+
 def publish_soon(root: Path) -> tuple[str, Future[str]] | None:
     """HEAD's commit, and its image building and pushing in a thread; None when prefect.yaml
-    builds no image (a process runtime)."""
-    if not read_yaml(root / "prefect.yaml").get("build"):
+    builds no image (a process runtime) or the API does not answer yet."""
+    if not read_yaml(root / "prefect.yaml").get("build") or not api_answers():
         return None
     from . import image  # container runtimes only
 
@@ -57,7 +71,9 @@ def publish_soon(root: Path) -> tuple[str, Future[str]] | None:
 
 
 def reconcile_environment(args: argparse.Namespace) -> None:
-    # Imported here, after the image build started: Prefect and the flows take seconds to load.
+    deploys = not (args.dry_run or args.skip_deploy or args.prebuilt_image)
+    publishing = publish_soon(args.root) if deploys else None
+    # Imported once the image build has started: Prefect and the flows take seconds to load.
     from prefect.settings import get_current_settings
 
     from .deployments import deploy_environment
@@ -66,8 +82,6 @@ def reconcile_environment(args: argparse.Namespace) -> None:
     from .reconcile import reconcile
     from .state import read_state
 
-    deploys = not (args.dry_run or args.skip_deploy or args.prebuilt_image)
-    publishing = publish_soon(args.root) if deploys else None
     state = read_state(args.env, args.root)
     if not args.dry_run:
         with deploy_environment(args.root):
@@ -77,14 +91,16 @@ def reconcile_environment(args: argparse.Namespace) -> None:
                 prebuilt_image=args.prebuilt_image,
                 root=args.root,
             )
+    pins_image = builds_image(state) and not (args.skip_deploy or args.prebuilt_image)
     image: AbstractContextManager[None] = nullcontext()
     if publishing is not None:
         commit, digest = publishing
         image = pinned_environment(Version(commit, digest.result()))
-    elif builds_image(state) and args.dry_run and not (args.skip_deploy or args.prebuilt_image):
-        # A plan compares with the image the registry already has for the commit, if any.
+    elif pins_image:
+        # Built now when it could not start early; a plan compares with the image the
+        # registry already has for the commit, if any.
         commit = resolve_commit(args.root)
-        image = pinned_environment(head_version(state, args.root, commit, build=False))
+        image = pinned_environment(head_version(state, args.root, commit, build=deploys))
     with image:
         reconcile(
             state,
@@ -92,7 +108,7 @@ def reconcile_environment(args: argparse.Namespace) -> None:
             dry_run=args.dry_run,
             skip_deploy=args.skip_deploy,
             prune=args.prune,
-            prebuilt_image=args.prebuilt_image or publishing is not None,
+            prebuilt_image=args.prebuilt_image or (pins_image and deploys),
         )
 
 
@@ -109,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         reconcile_environment(args)
     except ConfigError as error:
         print(f"ops: {error}", file=sys.stderr)
-        return 2
+        raise SystemExit(2) from None
     return 0
 
 
