@@ -102,12 +102,11 @@ def test_docker_worker_runs_the_pushed_image(
     assert docker.image_id(image), f"make reconcile built no {image}:\n{output}"
     pushed = api(f"http://{stack.registry}/v2/pipelines/{slug}/tags/list")
     assert tag in pushed["tags"]
-    docker.remove_image(image)
-    assert not docker.image_id(image)
-
     # Built and pushed once, then both deployments pinned to the digest the registry holds.
     assert output.count(f"Building {image} ") == 1, output
     digest = manifest_digest(stack.registry, f"pipelines/{slug}", tag)
+    docker.remove_image(image)
+    assert not docker.pulled_image_id(f"{image}@{digest}")
     commit = git("rev-parse", "HEAD", cwd=repo).strip()
     deployment = api(f"{api_url}/deployments/name/{slug}/{environment}")
     downstream = api(f"{api_url}/deployments/name/{slug}-publish/{environment}")
@@ -139,7 +138,7 @@ def test_docker_worker_runs_the_pushed_image(
     )
 
     # The worker pulled the image back from the registry and ran each flow in a container.
-    assert docker.image_id(image)
+    assert docker.pulled_image_id(f"{image}@{digest}")
     assert etl["infrastructure_pid"] and publish["infrastructure_pid"]
     summary = api(f"{api_url}/artifacts/{slug}-run-summary/latest")
     data = json.loads(summary["data"]) if isinstance(summary["data"], str) else summary["data"]

@@ -97,8 +97,9 @@ def docker_demo(workdir: Path, answers: dict[str, Any], timeout: float = 300) ->
             print(f"      {result.run_url}", flush=True)
             result.state = wait_for_final_state(server.api_url, flow_run["id"], timeout)
             etl = api(f"{server.api_url}/flow_runs/{flow_run['id']}")
-            pulled = "pulled back" if docker.image_id(image) else "NOT pulled"
-            print(f"      where: container {container_of(etl)} of {image} ({pulled})", flush=True)
+            pinned = deployment["job_variables"]["image"]
+            pulled = "pulled back" if docker.pulled_image_id(pinned) else "NOT pulled"
+            print(f"      where: container {container_of(etl)} of {pinned} ({pulled})", flush=True)
         with steps.step("Wait for the triggered publish run"):
             downstream = api(f"{server.api_url}/deployments/name/{slug}-publish/{environment}")
             publish_id = docker.triggered_run(server.api_url, downstream["id"], timeout)
