@@ -1,5 +1,5 @@
 """The Docker runtime for real: render `runtime: docker`, `make reconcile ENV=<first>` builds the
-generated Dockerfile and pushes the image to a local registry through `prefect deploy`, the
+generated Dockerfile and pushes the image to a local registry once, deploys it by digest, the
 local image is removed so the worker must pull it, and a Docker worker runs the deployment in a
 container: Completed, rows in the warehouse, the publish flow triggered (in a container too).
 
@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerStack]:
         yield DockerStack(workdir, server, registry, moto)
 
 
+def manifest_digest(registry: str, name: str, tag: str) -> str:
+    """The digest the registry serves for name:tag (its Docker-Content-Digest header)."""
+    request = urllib.request.Request(
+        f"http://{registry}/v2/{name}/manifests/{tag}",
+        method="HEAD",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.headers["Docker-Content-Digest"]
+
+
 @pytest.mark.parametrize(
     "answers",
     [
@@ -87,20 +99,25 @@ def test_docker_worker_runs_the_pushed_image(
     built = time.monotonic()
     tag = git("rev-parse", "--short=12", "HEAD", cwd=repo).strip()
     image = f"{stack.registry}/pipelines/{slug}:{tag}"
-    assert docker.image_id(image), f"prefect deploy built no {image}:\n{output}"
+    assert docker.image_id(image), f"make reconcile built no {image}:\n{output}"
     pushed = api(f"http://{stack.registry}/v2/pipelines/{slug}/tags/list")
     assert tag in pushed["tags"]
+    # Built and pushed once, then both deployments pinned to the digest the registry holds.
+    assert output.count(f"Building {image} ") == 1, output
+    digest = manifest_digest(stack.registry, f"pipelines/{slug}", tag)
     docker.remove_image(image)
-    assert not docker.image_id(image)
-
+    assert not docker.pulled_image_id(f"{image}@{digest}")
+    commit = git("rev-parse", "HEAD", cwd=repo).strip()
     deployment = api(f"{api_url}/deployments/name/{slug}/{environment}")
-    assert deployment["job_variables"]["image"] == image
+    downstream = api(f"{api_url}/deployments/name/{slug}-publish/{environment}")
+    for pinned in (deployment, downstream):
+        assert pinned["job_variables"]["image"] == f"{image}@{digest}"
+        assert pinned["version"] == f"{commit}@{digest}"
     job_env = deployment["job_variables"]["env"]
     # The backend's settings arrive resolved from the deploying environment; the value never.
     assert {k: job_env[k] for k in ("AWS_DEFAULT_REGION", "PIPELINE_SECRETS_DIR") if k in job_env}
     assert "{{" not in json.dumps(deployment["job_variables"])
     assert docker.WAREHOUSE_DSN not in json.dumps(deployment)
-    downstream = api(f"{api_url}/deployments/name/{slug}-publish/{environment}")
 
     pool = api(f"{api_url}/work_pools/{slug}-{environment}")
     volume = f"{slug}-{environment}"
@@ -121,7 +138,7 @@ def test_docker_worker_runs_the_pushed_image(
     )
 
     # The worker pulled the image back from the registry and ran each flow in a container.
-    assert docker.image_id(image)
+    assert docker.pulled_image_id(f"{image}@{digest}")
     assert etl["infrastructure_pid"] and publish["infrastructure_pid"]
     summary = api(f"{api_url}/artifacts/{slug}-run-summary/latest")
     data = json.loads(summary["data"]) if isinstance(summary["data"], str) else summary["data"]

@@ -38,6 +38,8 @@ class DemoResult:
     rows_loaded: int = 0
     artifact: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    # Where the rows went, when not the process demo's warehouse.db beside the repository.
+    warehouse: str = ""
 
 
 class Steps:
@@ -172,7 +174,9 @@ def read_artifact(api_url: str, key: str) -> list[dict[str, Any]]:
 def report(result: DemoResult) -> None:
     print()
     print(f"Flow run: {result.state}  ({result.run_url})")
-    print(f"Rows loaded into {result.repo / 'warehouse.db'}: {result.rows_loaded}")
+    print(
+        f"Rows loaded into {result.warehouse or result.repo / 'warehouse.db'}: {result.rows_loaded}"
+    )
     print(f"Run summary artifact: {len(result.artifact)} batch(es)")
     print("Time per step:")
     for title, seconds in result.timings.items():

@@ -113,6 +113,17 @@ def image_id(reference: str) -> str:
     return docker("images", "-q", reference).strip()
 
 
+def pulled_image_id(reference: str) -> str:
+    """The local image id of a deployment's image, '' when absent. A pull by digest
+    (registry/name:tag@sha256:...) leaves the image under registry/name@sha256:..., untagged."""
+    name, _, digest = reference.partition("@")
+    if not digest:
+        return image_id(reference)
+    if name.rfind(":") > name.rfind("/"):
+        name = name[: name.rfind(":")]
+    return image_id(f"{name}@{digest}")
+
+
 def remove_image(reference: str) -> None:
     """Untag the image so the worker must pull it; --no-prune keeps its parent layers, the
     build cache of the next deploy."""

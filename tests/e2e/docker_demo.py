@@ -2,11 +2,11 @@
 
 Prepares the Docker host (tests/e2e/docker_host.sh), starts a local registry on 127.0.0.1,
 renders `runtime: docker` with that registry, starts a Prefect server, runs `make reconcile`
-(which builds the image and pushes it through `prefect deploy`), removes the local image so the
-Docker worker pulls it, runs the deployment in a container, waits for the triggered publish run,
-and reads back the rows. Each step says where it ran. Containers, volume, worker, server,
-registry (and moto, for secret_backend=aws-secrets-manager) are removed on the way out, on
-failure and on Ctrl-C too.
+(which builds and pushes the image once, then deploys it pinned by digest), removes the local
+image so the Docker worker pulls it, runs the deployment in a container, waits for the
+triggered publish run, and reads back the rows. Each step says where it ran. Containers,
+volume, worker, server, registry (and moto, for secret_backend=aws-secrets-manager) are removed
+on the way out, on failure and on Ctrl-C too.
 """
 
 from __future__ import annotations
@@ -97,8 +97,9 @@ def docker_demo(workdir: Path, answers: dict[str, Any], timeout: float = 300) ->
             print(f"      {result.run_url}", flush=True)
             result.state = wait_for_final_state(server.api_url, flow_run["id"], timeout)
             etl = api(f"{server.api_url}/flow_runs/{flow_run['id']}")
-            pulled = "pulled back" if docker.image_id(image) else "NOT pulled"
-            print(f"      where: container {container_of(etl)} of {image} ({pulled})", flush=True)
+            pinned = deployment["job_variables"]["image"]
+            pulled = "pulled back" if docker.pulled_image_id(pinned) else "NOT pulled"
+            print(f"      where: container {container_of(etl)} of {pinned} ({pulled})", flush=True)
         with steps.step("Wait for the triggered publish run"):
             downstream = api(f"{server.api_url}/deployments/name/{slug}-publish/{environment}")
             publish_id = docker.triggered_run(server.api_url, downstream["id"], timeout)
@@ -108,7 +109,8 @@ def docker_demo(workdir: Path, answers: dict[str, Any], timeout: float = 300) ->
         with steps.step("Read back what the run did"):
             result.rows_loaded = docker.count_rows(volume, "orders")
             result.artifact = read_artifact(server.api_url, f"{slug}-run-summary")
-            print(f"      where: {docker.DATA_DIR}/warehouse.db in volume {volume}", flush=True)
+            result.warehouse = f"{docker.DATA_DIR}/warehouse.db in volume {volume}"
+            print(f"      where: {result.warehouse}", flush=True)
         print("Stopping the worker, removing containers and the volume, stopping the server,")
         print("moto and the registry ...", flush=True)
     return result

@@ -1,21 +1,26 @@
-"""`python -m <package>.ops reconcile --env ENV [--dry-run] [--prune]` | `validate`."""
+"""`python -m <package>.ops reconcile --env ENV [--dry-run] [--prune]` | `validate`.
+
+A container runtime's image is built and pushed once per commit (ops/image.py), then every
+deployment is deployed with it pinned by digest: `prefect deploy` would build and push it once
+for each. The build and push start first, beside the import of Prefect and the flows (seconds of
+CPU), so the image of a clean commit may reach the registry even when the preflight then
+refuses the deploy: the next deploy of that commit reuses it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from concurrent.futures import Future
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
-from prefect.settings import get_current_settings
-
-from .._internal.config import ConfigError
-from .deployments import deploy_environment
-from .preflight import preflight
-from .reconcile import reconcile
-from .state import read_state
-from .validate import validate
+from .._internal.config import ConfigError, read_yaml
+from .versions import Version, resolve_commit
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ops", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("reconcile", help="apply one environment's declared state")
@@ -37,35 +42,90 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--root", type=Path, default=Path.cwd(), help="the repository root")
     check = commands.add_parser("validate", help="check prefect.yaml and config/, offline")
     check.add_argument("--root", type=Path, default=Path.cwd(), help="the repository root")
-    args = parser.parse_args(argv)
-    if args.command == "validate":
-        problems = validate(args.root)
-        for problem in problems:
-            print(problem)
-        return 1 if problems else 0
+    return parser.parse_args(argv)
+
+
+def api_answers() -> bool:
+    """PREFECT_API_URL is set in the environment and answers: the one check worth making
+    before a build starts, as a deploy to nowhere is the likeliest refusal."""
+    import httpx  # Prefect's own HTTP client, imported by it anyway
+
+    url = os.environ.get("PREFECT_API_URL", "").strip()
+    if not url.startswith(("http://", "https://")):
+        return False
     try:
-        state = read_state(args.env, args.root)
-    except ConfigError as error:
-        parser.exit(2, f"ops: {error}\n")
-    try:
-        if not args.dry_run:
-            with deploy_environment(args.root):
-                preflight(
-                    state,
-                    get_current_settings().api.url,
-                    prebuilt_image=args.prebuilt_image,
-                    root=args.root,
-                )
+        return httpx.get(f"{url.rstrip('/')}/health", timeout=10).is_success
+    except httpx.HTTPError:
+        return False
+
+
+def publish_soon(root: Path) -> tuple[str, Future[str]] | None:
+    """HEAD's commit, and its image building and pushing in a thread; None when prefect.yaml
+    builds no image (a process runtime) or the API does not answer yet."""
+    if not read_yaml(root / "prefect.yaml").get("build") or not api_answers():
+        return None
+    from . import image  # container runtimes only
+
+    commit = resolve_commit(root)
+    return commit, image.publish_soon(root, os.environ.get("IMAGE_TAG") or commit[:12])
+
+
+def reconcile_environment(args: argparse.Namespace) -> None:
+    deploys = not (args.dry_run or args.skip_deploy or args.prebuilt_image)
+    publishing = publish_soon(args.root) if deploys else None
+    # Imported once the image build has started: Prefect and the flows take seconds to load.
+    from prefect.settings import get_current_settings
+
+    from .deployments import deploy_environment
+    from .preflight import preflight
+    from .promote import builds_image, head_version, pinned_environment
+    from .reconcile import reconcile
+    from .state import read_state
+
+    state = read_state(args.env, args.root)
+    if not args.dry_run:
+        with deploy_environment(args.root):
+            preflight(
+                state,
+                get_current_settings().api.url,
+                prebuilt_image=args.prebuilt_image,
+                root=args.root,
+            )
+    pins_image = builds_image(state) and not (args.skip_deploy or args.prebuilt_image)
+    image: AbstractContextManager[None] = nullcontext()
+    if publishing is not None:
+        commit, digest = publishing
+        image = pinned_environment(Version(commit, digest.result()))
+    elif pins_image:
+        # Built now when it could not start early; a plan compares with the image the
+        # registry already has for the commit, if any.
+        commit = resolve_commit(args.root)
+        image = pinned_environment(head_version(state, args.root, commit, build=deploys))
+    with image:
         reconcile(
             state,
             args.root,
             dry_run=args.dry_run,
             skip_deploy=args.skip_deploy,
             prune=args.prune,
-            prebuilt_image=args.prebuilt_image,
+            prebuilt_image=args.prebuilt_image or (pins_image and deploys),
         )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.command == "validate":
+        from .validate import validate
+
+        problems = validate(args.root)
+        for problem in problems:
+            print(problem)
+        return 1 if problems else 0
+    try:
+        reconcile_environment(args)
     except ConfigError as error:
-        parser.exit(2, f"ops: {error}\n")
+        print(f"ops: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     return 0
 
 

@@ -184,11 +184,21 @@ def choose_version(
     if previous is not None:
         check_on_default_branch(root, commit, default_branch)
         return gate(client, state, previous, commit)
+    return head_version(state, root, commit)
+
+
+def head_version(state: DesiredState, root: Path, commit: str, *, build: bool = True) -> Version:
+    """commit's version as the first environment deploys it: for a container runtime with the
+    digest of its image, built and pushed once (ops/image.py) unless the registry has it.
+    Without build, the digest only when the registry has the image (what a plan compares)."""
     if not builds_image(state):
         return Version(commit)
     from . import image  # container runtimes only
 
-    return Version(commit, image.publish(state, root, os.environ.get("IMAGE_TAG") or commit[:12]))
+    tag = os.environ.get("IMAGE_TAG") or commit[:12]
+    if not build:
+        return Version(commit, image.pushed_digest(state, tag) or "")
+    return Version(commit, image.publish(state, root, tag))
 
 
 def deploy(environment: str, root: Path, *, to: str | None, default_branch: str) -> Version:

@@ -10,7 +10,6 @@ or refused by the rule in ops/ownership.py, never overwritten.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -29,7 +28,6 @@ from prefect.client.schemas.actions import (
     WorkPoolUpdate,
 )
 from prefect.exceptions import ObjectNotFound
-from prefect.settings import get_current_settings
 
 from .automations import desired_automation, diff_automation, project_automations
 from .deployments import (
@@ -39,6 +37,7 @@ from .deployments import (
     project_deployments,
 )
 from .ownership import read_owner, record_owner, refusal
+from .prefect_cli import run_prefect
 from .state import DesiredState
 
 
@@ -298,22 +297,18 @@ def deploy(
     prebuilt_image: bool = False,
     deployments: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Run `prefect deploy` for these deployments: it resolves prefect.yaml's steps itself."""
-    args = [sys.executable, "-m", "prefect", "--no-prompt", "deploy"]
+    """Run `prefect deploy` for these deployments: it resolves prefect.yaml's steps itself.
+    In this process (ops/prefect_cli.py), so it deploys to the API this process talks to."""
+    args = ["--no-prompt", "deploy"]
     for name in names:
         args += ["--name", name]
     project_file = prefect_file(root, prebuilt_image, deployments)
-    with deploy_environment(root) as env, project_file as file_args:
-        # The API this process talks to, even when it comes from a settings context (tests).
-        if api_url := get_current_settings().api.url:
-            env["PREFECT_API_URL"] = api_url
-        result = subprocess.run(
-            args + file_args, cwd=root, env=env, capture_output=True, text=True, check=False
-        )
-    if result.returncode != 0:
-        print(result.stdout + result.stderr, file=sys.stderr)
+    with deploy_environment(root), project_file as file_args:
+        code, output = run_prefect(args + file_args, root)
+    if code != 0:
+        print(output, file=sys.stderr)
         raise SystemExit(
-            f"prefect deploy exited {result.returncode}: pools, limits and automations are "
+            f"prefect deploy exited {code}: pools, limits and automations are "
             "applied, deployments may be in part, nothing was deleted. Fix and run it again."
         )
     print(f"Deployed {', '.join(names)}.")
