@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from .._internal.config import ConfigError, read_yaml
-from .versions import Version, resolve_commit
+from .versions import Version, image_tag, resolve_commit
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -67,7 +67,7 @@ def publish_soon(root: Path) -> tuple[str, Future[str]] | None:
     from . import image  # container runtimes only
 
     commit = resolve_commit(root)
-    return commit, image.publish_soon(root, os.environ.get("IMAGE_TAG") or commit[:12])
+    return commit, image.publish_soon(root, image_tag(commit))
 
 
 def reconcile_environment(args: argparse.Namespace) -> None:

@@ -43,7 +43,7 @@ from .preflight import check_api, preflight
 from .reconcile import reconcile
 from .smoke import pipeline_deployment
 from .state import ENV_TAG_PREFIX, DesiredState, read_state
-from .versions import VERSION_VAR, Version, git, resolve_commit
+from .versions import VERSION_VAR, Version, git, image_tag, resolve_commit
 
 # Runs read back when looking for a version: the newest first, enough for weeks of deploys.
 RUNS_SEARCHED = 200
@@ -195,7 +195,7 @@ def head_version(state: DesiredState, root: Path, commit: str, *, build: bool = 
         return Version(commit)
     from . import image  # container runtimes only
 
-    tag = os.environ.get("IMAGE_TAG") or commit[:12]
+    tag = image_tag(commit)
     if not build:
         return Version(commit, image.pushed_digest(state, tag) or "")
     return Version(commit, image.publish(state, root, tag))

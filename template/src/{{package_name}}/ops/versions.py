@@ -8,6 +8,7 @@ did it complete" for the promotion gate and for rollback.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -19,6 +20,11 @@ from .._internal.config import ConfigError
 VERSION_VAR = "DEPLOY_VERSION"
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def image_tag(commit: str) -> str:
+    """The tag HEAD's image is pushed under: IMAGE_TAG (the Makefile's), else the short commit."""
+    return os.environ.get("IMAGE_TAG") or commit[:12]
 
 
 @dataclass(frozen=True)
