@@ -31,34 +31,24 @@ TIMEZONES_FILE = REPO / "includes" / "timezones.jinja"
 UPDATE_SCRIPT = REPO / "scripts" / "update_timezones.py"
 
 
-def _copier_like_env() -> SandboxedEnvironment:
+# The envops copier.yml sets.
+COPIER_ENVOPS = {"keep_trailing_newline": True, "lstrip_blocks": True, "trim_blocks": True}
+
+
+def _copier_like_env(**envops: bool) -> SandboxedEnvironment:
     # Copier renders in a SandboxedEnvironment whose loader root is the template root
-    # (where copier.yml lives), with the envops copier.yml sets, plus its `pathjoin` global and
+    # (where copier.yml lives), with the template's envops, plus its `pathjoin` global and
     # the filters it always loads.
     env = SandboxedEnvironment(
         loader=FileSystemLoader(str(REPO)),
         extensions=["jinja2_ansible_filters.AnsibleCoreFiltersExtension"],
-        keep_trailing_newline=True,
-        lstrip_blocks=True,
-        trim_blocks=True,
+        **envops,
     )
     env.globals["pathjoin"] = lambda *parts: str(PurePosixPath(*parts))
     return env
 
 
-ENV = _copier_like_env()
-
-
-def _default_envops_env() -> Environment:
-    # What copier always gives a template that sets no envops of its own.
-    env = Environment(
-        loader=FileSystemLoader(str(REPO)),
-        extensions=["jinja2_ansible_filters.AnsibleCoreFiltersExtension"],
-    )
-    env.globals["pathjoin"] = lambda *parts: str(PurePosixPath(*parts))
-    return env
-
-
+ENV = _copier_like_env(**COPIER_ENVOPS)
 CRON = ENV.from_string("{% from 'includes/cron.jinja' import cron_error %}{{ cron_error(x) }}")
 TZ = ENV.from_string(
     "{% from 'includes/timezones.jinja' import timezone_error %}{{ timezone_error(x) }}"
@@ -539,7 +529,7 @@ def _checked_env_loads() -> tuple[SandboxedEnvironment, list[str]]:
             loaded.append(template)
             return super().get_source(environment, template)
 
-    env = _copier_like_env()
+    env = _copier_like_env(**COPIER_ENVOPS)
     env.loader = RecordingLoader(str(REPO))
     return env, loaded
 
@@ -599,7 +589,7 @@ def test_ranges_in_both_directions_match_croniter(field: int) -> None:
     "env",
     [
         pytest.param(ENV, id="copier-envops"),
-        pytest.param(_default_envops_env(), id="default-envops"),
+        pytest.param(_copier_like_env(), id="default-envops"),
     ],
 )
 def test_valid_answers_render_nothing_at_all(env: Environment) -> None:
