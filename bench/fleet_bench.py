@@ -84,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         loop_wall, loop_times, loop_conflicts = _time_loop(loop_repos, args)
         cpu2 = _children_cpu()
         load_after = os.getloadavg()[0]
-        same = sum(_tree(a) == _tree(b) for a, b in zip(fleet_repos, loop_repos, strict=True))
+        same = sum(
+            fx.worktree_files(a) == fx.worktree_files(b)
+            for a, b in zip(fleet_repos, loop_repos, strict=True)
+        )
         renders = Renders(root / "newer", template, args)
         fleet_kinds = _classify_all(fleet_repos, fleet_conflicts, answers, renders)
         loop_kinds = _classify_all(loop_repos, loop_conflicts, answers, renders)
@@ -314,15 +317,6 @@ def _changed_spans(old: str, new: str) -> list[tuple[int, int]]:
     """Spans [i1, i2) of old lines changed; an insertion is the empty span at its position."""
     matcher = difflib.SequenceMatcher(None, old.splitlines(), new.splitlines(), autojunk=False)
     return [(i1, i2) for tag, i1, i2, _, _ in matcher.get_opcodes() if tag != "equal"]
-
-
-def _tree(repo: Path) -> dict[str, bytes]:
-    """The updated files (git metadata aside): both sides must produce the same repository."""
-    return {
-        p.relative_to(repo).as_posix(): p.read_bytes()
-        for p in repo.rglob("*")
-        if p.is_file() and ".git" not in p.relative_to(repo).parts
-    }
 
 
 def _children_cpu() -> float:

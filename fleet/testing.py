@@ -173,3 +173,13 @@ def commit_edit(repo: Path, relpath: str, edit: Callable[[str], str], message: s
     path = repo / relpath
     path.write_text(edit(path.read_text()))
     run_git(repo, "commit", "--quiet", "-am", message)
+
+
+def worktree_files(repo: Path) -> dict[str, bytes]:
+    """Every file but git's own, by path: what an update leaves for the team to review, so two
+    ways of updating can be compared byte for byte."""
+    return {
+        p.relative_to(repo).as_posix(): p.read_bytes()
+        for p in repo.rglob("*")
+        if p.is_file() and ".git" not in p.relative_to(repo).parts
+    }

@@ -11,21 +11,13 @@ from pathlib import Path
 import pytest
 
 from fleet import repo as g
+from fleet.testing import worktree_files
 from fleet.update import copier_update_command
 from tests.fleet_support import read_report, run_fleet
 from tests.history import releases
 from tests.test_update import ANSWER_SETS, copy_at, make_team_edits
 
 pytestmark = pytest.mark.slow
-
-
-def tree(repo: Path) -> dict[str, bytes]:
-    """Every file but git's own: what the team reviews and commits."""
-    return {
-        p.relative_to(repo).as_posix(): p.read_bytes()
-        for p in repo.rglob("*")
-        if p.is_file() and ".git" not in p.relative_to(repo).parts
-    }
 
 
 def by_hand(repo: Path, ref: str) -> None:
@@ -71,7 +63,7 @@ def test_fleet_and_copier_update_leave_the_same_tree(tagged: Path, tmp_path: Pat
     assert [r["status"] for r in records] == ["updated", "updated-with-conflicts"]
     assert g.find_conflicts(starts["conflict"]) == ["Makefile"]
     for name, repo in starts.items():
-        by_hand_tree, fleet_tree = tree(repo), tree(fleet_side[name])
+        by_hand_tree, fleet_tree = worktree_files(repo), worktree_files(fleet_side[name])
         assert by_hand_tree.keys() == fleet_tree.keys(), name
         differing = [path for path in by_hand_tree if by_hand_tree[path] != fleet_tree[path]]
         assert differing == [], name
