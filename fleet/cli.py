@@ -17,6 +17,14 @@ from fleet.status import print_status
 from fleet.update import Options, default_branch, run_fleet
 
 
+def add_repo_arguments(command: argparse.ArgumentParser, what: str) -> None:
+    """REPO... and --repos-file, which every command reads the same way (read_repos_file)."""
+    command.add_argument("repos", nargs="*", metavar="REPO", help=what)
+    command.add_argument(
+        "--repos-file", type=Path, metavar="FILE", help="one REPO per line, # comments"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fleet",
@@ -32,10 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
             "already current, 1 otherwise, 2 on usage errors."
         ),
     )
-    update.add_argument("repos", nargs="*", metavar="REPO", help="local path or git URL")
-    update.add_argument(
-        "--repos-file", type=Path, metavar="FILE", help="one REPO per line, # comments"
-    )
+    add_repo_arguments(update, "local path or git URL")
     update.add_argument("--to", required=True, metavar="REF", help="template tag/branch/commit")
     update.add_argument(
         "--template", metavar="SRC", help="template source overriding the answers' _src_path"
@@ -80,10 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
             "an update. Changes nothing and renders nothing."
         ),
     )
-    status.add_argument("repos", nargs="*", metavar="REPO", help="local path")
-    status.add_argument(
-        "--repos-file", type=Path, metavar="FILE", help="one REPO per line, # comments"
-    )
+    add_repo_arguments(status, "local path")
     status.add_argument(
         "--format", choices=("markdown", "json"), default="markdown", help="default: markdown"
     )
