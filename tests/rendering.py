@@ -98,7 +98,18 @@ def python_for(version: str) -> str | None:
 def repo_env(python_version: str) -> dict[str, str]:
     """The environment a generated repository's commands run in: our uv first on PATH."""
     env = {**os.environ, **GIT_IDENTITY, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    for name in ("VIRTUAL_ENV", "PYTHONPATH", "PREFECT_API_URL", "PREFECT_HOME"):
+    # PYTHONDONTWRITEBYTECODE (set on these machines and many CI images) on a venv `uv sync`
+    # left without .pyc files makes every process recompile what it imports: each pytest,
+    # server, worker, flow run and Ray or Dask worker spent seconds recompiling Prefect. A
+    # developer's machine writes .pyc files on first import; so do the generated repositories here.
+    unset = (
+        "VIRTUAL_ENV",
+        "PYTHONPATH",
+        "PREFECT_API_URL",
+        "PREFECT_HOME",
+        "PYTHONDONTWRITEBYTECODE",
+    )
+    for name in unset:
         env.pop(name, None)
     env["DO_NOT_TRACK"] = "1"
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
