@@ -35,6 +35,10 @@ from bench.concurrency_bench import (
 from tests.e2e.server import Server, running_server, running_worker
 from tests.rendering import BIN, answers_of, run, sync
 
+# One pytest worker takes the whole module: its fixture (a server, an install and two
+# reconciles, about a minute on 2 cores) is set up once, not once per worker with one of its tests.
+pytestmark = pytest.mark.xdist_group("orchestration")
+
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 

@@ -24,6 +24,10 @@ from bench.concurrency_bench import api
 from tests.e2e.server import Server, running_server, running_worker
 from tests.rendering import BIN, git, render, run, sync
 
+# One pytest worker takes the whole module: its fixture (a server and two installed renders,
+# about a minute on 2 cores) is set up once, not once per worker with one of its tests.
+pytestmark = pytest.mark.xdist_group("promotion")
+
 DIGEST_OLD = "sha256:" + "a" * 64
 DIGEST_NEW = "sha256:" + "b" * 64
 
