@@ -5,7 +5,8 @@ Prefect's PrefectYamlModel and its step functions (resolved with importlib), eac
 base job template and job configuration model (prefect-docker, prefect-kubernetes, prefect-aws),
 hadolint, kubernetes-validate, and the prefect-worker Helm chart's values schema
 (tests/schemas/). The slow tests install every combination, each with a secret backend and a
-CI platform in rotation, and run its own ruff, pytest, ops validate and pre-commit hooks.
+CI platform in rotation, and run its own ruff (on threads also its ops validate and pre-commit
+hooks); its own pytest runs on six of them that cover every answer (WHOLE_SUITE).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import re
 import subprocess
 import tomllib
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -597,6 +599,21 @@ def check_matrix() -> list[dict[str, str]]:
     ]
 
 
+# The generated suite (its Prefect test server, real flow runs on the task runner with the
+# secret backend) runs on these six entries: every runtime, secret backend and CI platform, and
+# every task runner twice. The other six runtime x task runner pairs are installed and linted
+# (on threads also pre-committed and validated): what a pair changes beyond its parts' own code,
+# its dependency set and its flow runs' CPUs and memory, is checked by the install and offline
+# above. Running the same flow tests on them again took a fifth of the whole suite's time.
+WHOLE_SUITE = {
+    ("process", "threads"),
+    ("process", "ray"),
+    ("docker", "dask"),
+    ("docker", "ray"),
+    ("kubernetes", "dask"),
+    ("ecs", "threads"),
+}
+
 # pre-commit and `ops validate` once per runtime and per CI platform (the entries on threads):
 # they read only what those answers change, and every combination's prefect.yaml and CI files
 # are also validated offline above.
@@ -632,24 +649,43 @@ def test_the_check_matrix_covers_every_choice() -> None:
     assert {a["ci_platform"] for a in with_precommit} == set(CI_PLATFORMS)
 
 
+def test_the_whole_generated_suite_runs_on_every_choice() -> None:
+    whole = [a for a in check_matrix() if (a["runtime"], a["task_runner"]) in WHOLE_SUITE]
+    assert len(whole) == len(WHOLE_SUITE)
+    assert whole[0] == check_matrix()[0], "the default answers run the whole suite"
+    for question in ("runtime", "secret_backend", "ci_platform"):
+        assert {a[question] for a in whole} == set(choices(question)), question
+    runners = Counter(a["task_runner"] for a in whole)
+    assert set(runners) == set(TASK_RUNNERS) and min(runners.values()) >= 2, runners
+    # GitLab's check job runs the generated suite itself: it must be one of these entries.
+    gitlab_check_job = [a for a in check_matrix() if is_gitlab_check_job(a)]
+    assert all(a in whole for a in gitlab_check_job)
+
+
+def is_gitlab_check_job(answers: dict[str, str]) -> bool:
+    return answers["task_runner"] == PRECOMMIT_RUNNER and answers["ci_platform"] == "gitlab-ci"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("answers", check_matrix(), ids=lambda a: "-".join(a.values()))
 def test_generated_repository_passes_its_own_checks(
     template: Path, tmp_path: Path, answers: dict[str, str], request: pytest.FixtureRequest
 ) -> None:
-    """What the repository's CI runs: ruff and pytest (the flow on its runner, with its secret
-    backend); on threads also pre-commit, `ops validate` and the work pool reconcile creates.
-    On GitLab CI and threads, the generated `check` job runs them itself (gitlab-ci-local)."""
+    """What the repository's CI runs: install and ruff; on WHOLE_SUITE its pytest (the flow on
+    its runner, with its secret backend); on threads also pre-commit, `ops validate` and the
+    work pool reconcile creates. On GitLab CI and threads, the generated `check` job runs them
+    itself (gitlab-ci-local)."""
     repo = render(template, tmp_path / "sales-etl", answers)
     uv = str(BIN / "uv")
+    whole_suite = (answers["runtime"], answers["task_runner"]) in WHOLE_SUITE
     if answers["task_runner"] != PRECOMMIT_RUNNER:
-        run_checks(repo)
+        run_checks(repo, pytest=whole_suite)
         return
-    if answers["ci_platform"] == "gitlab-ci":
+    if is_gitlab_check_job(answers):
         env = sync(repo)
         run_check_job(repo, env, request.getfixturevalue("node_tools"), tmp_path)
     else:
-        env = run_checks(repo)
+        env = run_checks(repo, pytest=whole_suite)
         run([uv, "run", "pre-commit", "run", "--all-files"], cwd=repo, env=env)
     state = run([uv, "run", "python", "-c", VALIDATE_AND_READ_POOLS], cwd=repo, env=env)
     pools = json.loads(state.strip().splitlines()[-1])
