@@ -19,6 +19,10 @@ from prefect_docker.worker import DockerWorker
 from tests.rendering import assert_kubernetes_valid, choices, render
 from tests.test_runtimes import SECRET_WORDS, deploy_time, deployments, env_of, job_configuration
 
+# One pytest worker takes the whole module: its fixture (eleven renders, about half a minute on
+# 2 cores) is set up once, not once per worker with one of its tests.
+pytestmark = pytest.mark.xdist_group("container_settings")
+
 # Each backend's settings on a container runtime (process workers pass their own environment).
 SETTINGS = {
     "env": [],
