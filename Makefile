@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # Three workers on two cores: the end-to-end tests spend much of their time waiting on servers,
-# workers and clusters, so a third keeps both cores busy (the whole suite: 20 min here).
+# workers and clusters, so a third keeps both cores busy (the whole suite: 15 min here).
 PYTEST_WORKERS ?= 3
 
 .PHONY: help demo test test-fast lint format bench clean
