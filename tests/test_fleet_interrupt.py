@@ -55,11 +55,7 @@ def state(repo: Path) -> dict[str, object]:
         "HEAD": (gitdir / "HEAD").read_text(),
         "refs": git(repo, "for-each-ref", "--format=%(refname) %(objectname)"),
         "index": (gitdir / "index").read_bytes(),
-        "tree": {
-            p.relative_to(repo).as_posix(): p.read_bytes()
-            for p in repo.rglob("*")
-            if p.is_file() and ".git" not in p.relative_to(repo).parts
-        },
+        "tree": fx.worktree_files(repo),
         "fleet files": sorted(p.name for p in gitdir.iterdir() if p.name.startswith("fleet")),
     }
 

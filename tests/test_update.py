@@ -13,6 +13,7 @@ import copier
 import pytest
 
 from fleet.repo import find_conflicts
+from fleet.testing import worktree_files
 from tests.history import releases
 from tests.rendering import QUESTIONS, answers_of, git, render, repo_env, run_checks
 
@@ -195,12 +196,7 @@ def test_a_dirty_worktree_is_refused_and_left_as_it_was(tagged: Path, tmp_path: 
 
 
 def snapshot(repo: Path) -> tuple[str, dict[str, bytes]]:
-    files = {
-        str(p.relative_to(repo)): p.read_bytes()
-        for p in repo.rglob("*")
-        if p.is_file() and ".git" not in p.relative_to(repo).parts
-    }
-    return git("status", "--porcelain", "--untracked-files=all", cwd=repo), files
+    return git("status", "--porcelain", "--untracked-files=all", cwd=repo), worktree_files(repo)
 
 
 def test_make_template_status_says_when_the_repository_is_behind(
