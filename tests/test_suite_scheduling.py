@@ -33,8 +33,6 @@ def test_grouped(expensive, i):
     pass
 """
 
-PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-
 UNGROUPED_MODULE = """
 import pytest
 
@@ -43,6 +41,8 @@ import pytest
 def test_ungrouped(i):
     pass
 """
+
+PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
 
 
 def test_an_xdist_group_runs_on_one_worker_and_sets_its_module_fixture_up_once(
