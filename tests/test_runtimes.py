@@ -42,6 +42,7 @@ from tests.rendering import (
     SET_WHEN_DEPLOYING,
     assert_kubernetes_valid,
     choices,
+    git,
     render,
     run,
     run_checks,
@@ -672,18 +673,21 @@ def is_gitlab_check_job(answers: dict[str, str]) -> bool:
 def test_generated_repository_passes_its_own_checks(
     template: Path, tmp_path: Path, answers: dict[str, str], request: pytest.FixtureRequest
 ) -> None:
-    """What the repository's CI runs: install and ruff; on WHOLE_SUITE its pytest (the flow on
-    its runner, with its secret backend); on threads also pre-commit, `ops validate` and the
-    work pool reconcile creates. On GitLab CI and threads, the generated `check` job runs them
-    itself (gitlab-ci-local)."""
+    """What the repository's CI runs: install, its hooks on the lock file it commits, and ruff;
+    on WHOLE_SUITE its pytest (the flow on its runner, with its secret backend); on threads
+    also pre-commit, `ops validate` and the work pool reconcile creates. On GitLab CI and
+    threads, the generated `check` job runs them itself (gitlab-ci-local)."""
     repo = render(template, tmp_path / "sales-etl", answers)
     uv = str(BIN / "uv")
+    env = sync(repo)
+    # What `make setup` asks next: commit uv.lock, through the repository's own hooks.
+    git("add", "uv.lock", cwd=repo)
+    run([uv, "run", "pre-commit", "run", "--files", "uv.lock"], cwd=repo, env=env)
     whole_suite = (answers["runtime"], answers["task_runner"]) in WHOLE_SUITE
     if answers["task_runner"] != PRECOMMIT_RUNNER:
         run_checks(repo, pytest=whole_suite)
         return
     if is_gitlab_check_job(answers):
-        env = sync(repo)
         run_check_job(repo, env, request.getfixturevalue("node_tools"), tmp_path)
     else:
         env = run_checks(repo, pytest=whole_suite)
