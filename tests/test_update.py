@@ -7,15 +7,19 @@ import re
 import shutil
 import subprocess
 from fnmatch import fnmatch
+from itertools import pairwise
 from pathlib import Path
 
 import copier
 import pytest
+import yaml
+from copier.errors import UnsafeTemplateError
+from packaging.version import Version
 
 from fleet.repo import find_conflicts
 from fleet.testing import worktree_files
 from tests.history import releases
-from tests.rendering import QUESTIONS, answers_of, git, render, repo_env, run_checks
+from tests.rendering import QUESTIONS, ROOT, answers_of, git, render, repo_env, run_checks
 
 RELEASES = releases()
 # Answers that change files: the defaults, and a combination with other environments and limits.
@@ -197,6 +201,37 @@ def test_a_dirty_worktree_is_refused_and_left_as_it_was(tagged: Path, tmp_path: 
 
 def snapshot(repo: Path) -> tuple[str, dict[str, bytes]]:
     return git("status", "--porcelain", "--untracked-files=all", cwd=repo), worktree_files(repo)
+
+
+RELEASE_STEPS = list(pairwise(RELEASES))
+
+
+def migration_versions() -> list[Version]:
+    """The releases copier.yml ships a migration with: the updates across them need --trust."""
+    config = yaml.safe_load((ROOT / "copier.yml").read_text())
+    return [Version(entry["version"]) for entry in config.get("_migrations", [])]
+
+
+@pytest.mark.parametrize(("old", "new"), RELEASE_STEPS, ids=[f"{a}-{b}" for a, b in RELEASE_STEPS])
+def test_an_update_needs_trust_only_across_a_release_with_a_migration(
+    tagged: Path, tmp_path: Path, old: str, new: str
+) -> None:
+    """What the CHANGELOG's "Needs a hand" and the README promise Renovate and cautious users."""
+    repo = copy_at(tagged, old, tmp_path / "repo", {})
+    before = snapshot(repo)
+    crosses = any(Version(old) < version <= Version(new) for version in migration_versions())
+
+    def update_without_trust() -> None:
+        copier.run_update(repo, vcs_ref=new, defaults=True, overwrite=True, quiet=True)
+
+    if crosses:
+        with pytest.raises(UnsafeTemplateError, match="migrations"):
+            update_without_trust()
+        assert snapshot(repo) == before
+    else:
+        update_without_trust()
+        assert answers_of(repo)["_commit"] == new
+        assert find_conflicts(repo) == []
 
 
 def test_make_template_status_says_when_the_repository_is_behind(
