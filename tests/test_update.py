@@ -12,14 +12,13 @@ from pathlib import Path
 
 import copier
 import pytest
-import yaml
 from copier.errors import UnsafeTemplateError
 from packaging.version import Version
 
 from fleet.repo import find_conflicts
 from fleet.testing import worktree_files
 from tests.history import releases
-from tests.rendering import QUESTIONS, ROOT, answers_of, git, render, repo_env, run_checks
+from tests.rendering import QUESTIONS, answers_of, git, render, repo_env, run_checks
 
 RELEASES = releases()
 # Answers that change files: the defaults, and a combination with other environments and limits.
@@ -51,7 +50,7 @@ def copy_at(template: Path, ref: str, destination: Path, answers: dict[str, obje
     return destination
 
 
-def update(repo: Path, ref: str = "HEAD") -> None:
+def update(repo: Path, ref: str = "HEAD", trust: bool = True) -> None:
     copier.run_update(
         repo,
         vcs_ref=ref,
@@ -59,7 +58,7 @@ def update(repo: Path, ref: str = "HEAD") -> None:
         overwrite=True,
         conflict="inline",
         quiet=True,
-        unsafe=True,
+        unsafe=trust,
     )
 
 
@@ -208,8 +207,7 @@ RELEASE_STEPS = list(pairwise(RELEASES))
 
 def migration_versions() -> list[Version]:
     """The releases copier.yml ships a migration with: the updates across them need --trust."""
-    config = yaml.safe_load((ROOT / "copier.yml").read_text())
-    return [Version(entry["version"]) for entry in config.get("_migrations", [])]
+    return [Version(entry["version"]) for entry in QUESTIONS.get("_migrations", [])]
 
 
 @pytest.mark.parametrize(("old", "new"), RELEASE_STEPS, ids=[f"{a}-{b}" for a, b in RELEASE_STEPS])
@@ -221,15 +219,12 @@ def test_an_update_needs_trust_only_across_a_release_with_a_migration(
     before = snapshot(repo)
     crosses = any(Version(old) < version <= Version(new) for version in migration_versions())
 
-    def update_without_trust() -> None:
-        copier.run_update(repo, vcs_ref=new, defaults=True, overwrite=True, quiet=True)
-
     if crosses:
         with pytest.raises(UnsafeTemplateError, match="migrations"):
-            update_without_trust()
+            update(repo, new, trust=False)
         assert snapshot(repo) == before
     else:
-        update_without_trust()
+        update(repo, new, trust=False)
         assert answers_of(repo)["_commit"] == new
         assert find_conflicts(repo) == []
 
