@@ -81,11 +81,13 @@ def renovate_problem(src: str) -> str | None:
 
 
 def git_url(src: str) -> str:
-    """src as a git URL both copier and Renovate read: a local path becomes `git+file://`
-    (copier takes `file://` only for a path ending in .git)."""
+    """src as a git URL copier reads and Renovate's answers schema accepts: a local path
+    becomes `file://` when it ends in .git, else `git+file://` (copier takes `file://` only for
+    a path ending in .git)."""
     if is_url(src) or src.startswith(tuple(_ALIASES)):
         return src
-    return "git+file://" + Path(src).expanduser().resolve().as_posix()
+    path = Path(src).expanduser().resolve().as_posix()
+    return ("file://" if path.endswith(".git") else "git+file://") + path
 
 
 def clone(url: str, dest: Path) -> None:

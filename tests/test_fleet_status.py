@@ -227,6 +227,15 @@ def test_renovate_reads_only_a_git_url(src, readable):
         )
 
 
+def test_a_local_template_is_recorded_as_a_file_url(tmp_path):
+    assert g.git_url(str(tmp_path / "copier-prefect")) == f"git+file://{tmp_path}/copier-prefect"
+    assert (
+        g.git_url(str(tmp_path / "copier-prefect.git")) == f"file://{tmp_path}/copier-prefect.git"
+    )
+    assert g.git_url("git@git.example.com:t.git") == "git@git.example.com:t.git"
+    assert g.renovate_problem(g.git_url(str(tmp_path))) is None
+
+
 def test_status_flags_an_answers_file_renovate_cannot_read(inventory, tiny_template, tmp_path):
     fixed = copy_repo(inventory["behind"], tmp_path / "fixed")
     g.repoint_answers(fixed, g.git_url(str(tiny_template)))
