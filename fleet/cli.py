@@ -163,10 +163,11 @@ def _dedupe(repos: list[str]) -> list[str]:
 
 
 def _absolute_if_local(src: str | None) -> str | None:
-    # Copier stores _src_path as given, and a relative one breaks every later update.
+    # Copier stores _src_path as given: a relative path breaks every later update, and Renovate
+    # reads only a git URL, so a local template is recorded as git+file:///absolute/path.
     if src is None or g.is_url(src) or not Path(src).expanduser().exists():
         return src
-    return str(Path(src).expanduser().resolve())
+    return g.git_url(src)
 
 
 def _positive_int(text: str) -> int:

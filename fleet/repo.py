@@ -54,6 +54,42 @@ def is_url(spec: str) -> bool:
     return "://" in spec or re.match(r"^[\w.+-]+@[\w.-]+:", spec) is not None
 
 
+# What Renovate's copier manager reads from `_src_path` and then looks up with `git ls-remote`:
+# a URL with one of these schemes, or `git@host:path`. It skips a plain path without a word, and
+# copier's own `gh:`/`gl:` shorthand parses as a URL but fails the lookup.
+RENOVATE_SCHEMES = ("https", "http", "ssh", "git", "file", "git+https", "git+ssh", "git+file")
+_SSH_SHORT = re.compile(r"^[\w.+-]+@[\w.-]+:.+")
+
+
+def renovate_problem(src: str) -> str | None:
+    """Why Renovate cannot update from this `_src_path`, or None when it can."""
+    scheme, sep, rest = src.partition("://")
+    if (sep and scheme in RENOVATE_SCHEMES and rest) or _SSH_SHORT.match(src):
+        return None
+    if src.startswith(tuple(_ALIASES)):
+        full = _ALIASES[src[:3]] + src[3:].lstrip("/")
+        return (
+            f"_src_path '{src}' is copier's shorthand: Renovate cannot look it up; "
+            f"use the full URL ({full}.git)"
+        )
+    if not sep:
+        return (
+            f"_src_path '{src}' is a path: Renovate skips this repository without a warning; "
+            f"use a git URL (https://..., git@host:..., or {git_url(src)})"
+        )
+    return f"_src_path '{src}' has a scheme Renovate cannot look up ({', '.join(RENOVATE_SCHEMES)})"
+
+
+def git_url(src: str) -> str:
+    """src as a git URL copier reads and Renovate's answers schema accepts: a local path
+    becomes `file://` when it ends in .git, else `git+file://` (copier takes `file://` only for
+    a path ending in .git)."""
+    if is_url(src) or src.startswith(tuple(_ALIASES)):
+        return src
+    path = Path(src).expanduser().resolve().as_posix()
+    return ("file://" if path.endswith(".git") else "git+file://") + path
+
+
 def clone(url: str, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     git(dest.parent, "clone", "--quiet", url, str(dest))

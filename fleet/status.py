@@ -38,6 +38,7 @@ class RepoStatus:
     update_branches: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
     interrupted_update: str | None = None  # the update branch a killed run left a marker for
+    renovate: str | None = None  # why Renovate cannot update it from its `_src_path`, if so
     error: str | None = None
 
 
@@ -92,6 +93,8 @@ def _fill(status: RepoStatus, path: Path, resolver: g.RefResolver, template: str
     answers = yaml.safe_load(answers_file.read_text()) or {}
     status.answers = {k: str(answers[k]) for k in ANSWER_KEYS if k in answers}
     status.release = str(answers.get("_commit")) if answers.get("_commit") else None
+    if answers.get("_src_path"):
+        status.renovate = g.renovate_problem(str(answers["_src_path"]))
     src = template or answers.get("_src_path")
     if src and status.release:
         ordered = releases(resolver.refs(str(src)))
@@ -130,12 +133,14 @@ def render_markdown(statuses: list[RepoStatus]) -> str:
             ", ".join(s.conflicts),
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    notes = [s for s in statuses if s.error or s.interrupted_update]
+    notes = [s for s in statuses if s.error or s.interrupted_update or s.renovate]
     if notes:
         lines += ["", "## Notes", ""]
     for s in notes:
         if s.error:
             lines.append(f"- {s.repo}: {s.error}")
+        if s.renovate:
+            lines.append(f"- {s.repo}: {s.renovate}")
         if s.interrupted_update:
             lines.append(
                 f"- {s.repo}: a fleet run was cut short on `{s.interrupted_update}`; the next "

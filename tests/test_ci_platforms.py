@@ -501,6 +501,10 @@ def check_template_updates(repo: Path, platform: str) -> None:
     assert "copier" in config.get("enabledManagers", ["copier"]), path
     rules = [r for r in config["packageRules"] if r.get("matchManagers") == ["copier"]]
     assert rules and rules[0]["labels"] == ["template-update"], path
+    # What to do with a request Renovate opens across a migration, and where the README says it.
+    assert "--trust --defaults --vcs-ref" in rules[0]["description"], path
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    assert "Close it, run the commands above with `--trust --vcs-ref" in readme
     # Each custom manager finds what it updates (the pre-commit hooks' pins, uv in CI).
     files = [p for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts]
     for manager in config["customManagers"]:
@@ -824,6 +828,27 @@ def test_precommit_validates_the_ci_files(
     check = [str(BIN / "pre-commit"), "run", hooks[0], "--files", broken]
     result = subprocess.run(check, cwd=repo, env=tool_env(), capture_output=True, text=True)
     assert result.returncode != 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_precommit_fails_on_conflict_markers_a_bot_committed(
+    rendered: Callable[..., Path], tmp_path: Path
+) -> None:
+    """copier update leaves markers in a file git sees as modified, not conflicted, and a bot
+    (Renovate) commits them: the repository's own hooks must still refuse them."""
+    repo = committed_copy(rendered(), tmp_path / "repo")
+    hook = [str(BIN / "pre-commit"), "run", "check-merge-conflict", "--all-files"]
+    run(hook, cwd=repo, env=tool_env())
+    readme = repo / "README.md"
+    readme.write_text(
+        readme.read_text(encoding="utf-8")
+        + "<<<<<<< before updating\n## Team notes\n=======\n## Notes\n>>>>>>> after updating\n",
+        encoding="utf-8",
+    )
+    git("commit", "-q", "-am", "Update template (as Renovate commits it)", cwd=repo)
+    result = subprocess.run(hook, cwd=repo, env=tool_env(), capture_output=True, text=True)
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "README.md" in result.stdout and "Merge conflict string" in result.stdout
 
 
 # Registries CI logs in to with the job's own identity (includes/runtime/_image.jinja), and

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fleet import repo as g
 from fleet import testing as fx
 from fleet.cli import main
 from fleet.push import pull_request_url
@@ -194,3 +195,58 @@ def test_push_sends_each_branch_to_its_remote_and_prints_the_pr_link(pristine, t
 def test_pull_request_links_from_remote_urls(url, link):
     got = pull_request_url(url, BRANCH, "main")
     assert got == link if link is None else got.startswith(link)
+
+
+@pytest.mark.parametrize(
+    ("src", "readable"),
+    [
+        ("https://git.example.com/platform/copier-prefect.git", True),
+        ("git@git.example.com:platform/copier-prefect.git", True),
+        ("git+https://git.example.com/platform/copier-prefect", True),
+        ("file:///srv/templates/copier-prefect.git", True),
+        ("git+file:///srv/templates/copier-prefect", True),
+        ("/srv/templates/copier-prefect", False),
+        ("../copier-prefect", False),
+        ("gh:acme/copier-prefect", False),
+        ("gl:acme/copier-prefect", False),
+        ("ftp://git.example.com/copier-prefect", False),
+    ],
+)
+def test_renovate_reads_only_a_git_url(src, readable):
+    problem = g.renovate_problem(src)
+    assert (problem is None) == readable, problem
+    if src.startswith("gh:"):
+        assert problem == (
+            "_src_path 'gh:acme/copier-prefect' is copier's shorthand: Renovate cannot look it"
+            " up; use the full URL (https://github.com/acme/copier-prefect.git)"
+        )
+    if src.startswith("/"):
+        assert problem == (
+            f"_src_path '{src}' is a path: Renovate skips this repository without a warning; "
+            f"use a git URL (https://..., git@host:..., or git+file://{src})"
+        )
+
+
+def test_a_local_template_is_recorded_as_a_file_url(tmp_path):
+    assert g.git_url(str(tmp_path / "copier-prefect")) == f"git+file://{tmp_path}/copier-prefect"
+    assert (
+        g.git_url(str(tmp_path / "copier-prefect.git")) == f"file://{tmp_path}/copier-prefect.git"
+    )
+    assert g.git_url("git@git.example.com:t.git") == "git@git.example.com:t.git"
+    assert g.renovate_problem(g.git_url(str(tmp_path))) is None
+
+
+def test_status_flags_an_answers_file_renovate_cannot_read(inventory, tiny_template, tmp_path):
+    fixed = copy_repo(inventory["behind"], tmp_path / "fixed")
+    g.repoint_answers(fixed, g.git_url(str(tiny_template)))
+    git(fixed, "commit", "--quiet", "-am", "chore: template as a git URL")
+    code, out = run_cli("status", "--format", "json", str(inventory["behind"]), str(fixed))
+    rows = {Path(r["repo"]).name: r for r in json.loads(out)}
+    assert code == 0, "a warning, not an error"
+    assert rows["behind"]["renovate"].startswith(f"_src_path '{tiny_template}' is a path")
+    assert rows["fixed"]["renovate"] is None
+    # The URL form still resolves the template's releases.
+    assert (rows["fixed"]["release"], rows["fixed"]["latest"]) == ("v1", "v2")
+    _, markdown = run_cli("status", str(inventory["behind"]), str(fixed))
+    assert f"- {inventory['behind']}: _src_path '{tiny_template}' is a path" in markdown
+    assert f"- {fixed}:" not in markdown

@@ -13,12 +13,14 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+import urllib.error
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from bench.concurrency_bench import api
 from tests.e2e.server import Server, running_server, running_worker
@@ -58,8 +60,8 @@ class Repo:
         git("commit", "-q", "--allow-empty", "-m", message, cwd=self.path)
         return git("rev-parse", "HEAD", cwd=self.path).strip()
 
-    def deployment(self, server: Server, env: str) -> dict[str, Any]:
-        return api(f"{server.api_url}/deployments/name/{self.slug}/{env}")
+    def deployment(self, server: Server, env: str, flow: str = "") -> dict[str, Any]:
+        return api(f"{server.api_url}/deployments/name/{flow or self.slug}/{env}")
 
 
 @dataclass
@@ -79,6 +81,23 @@ def prepared(template: Path, destination: Path, server: Server, **answers: Any) 
     return Repo(repo, env, answers["project_slug"], answers["project_slug"].replace("-", "_"))
 
 
+# The team's flows `make new-flow` adds to the process render: one on a schedule, one started
+# by the first's runs. With the template's own two, every promotion rule covers four.
+ADDED_FLOWS = {"cleanup": ["SCHEDULE=0 3 * * *"], "report": ["AFTER=promo-etl-cleanup"]}
+
+
+def add_flows(repo: Repo) -> None:
+    for name, options in ADDED_FLOWS.items():
+        repo.make("new-flow", f"NAME={name}", *options)
+    git("add", "-A", cwd=repo.path)
+    git("commit", "-q", "-m", "Add the cleanup and report flows", cwd=repo.path)
+
+
+def flows_of(repo: Repo) -> list[str]:
+    """Every flow of the render: the template's, then the added ones."""
+    return [repo.slug, f"{repo.slug}-publish", *(f"{repo.slug}-{n}" for n in ADDED_FLOWS)]
+
+
 @pytest.fixture(scope="module")
 def setup(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     work = tmp_path_factory.mktemp("promotion")
@@ -90,6 +109,7 @@ def setup(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             project_slug="promo-etl",
             environments=["dev", "prod"],
         )
+        add_flows(process)
         docker = prepared(
             template,
             work / "docker",
@@ -117,10 +137,17 @@ def test_prod_takes_only_what_dev_deployed_and_smoke_ran(setup: Setup, tmp_path:
     assert "deploy 'dev' first" in refused(repo, "deploy", "ENV=prod")
 
     repo.make("deploy", "ENV=dev")
-    assert repo.deployment(server, "dev")["version"] == head
-    assert f"no run of {repo.slug}/dev at version {head} has Completed" in refused(
-        repo, "deploy", "ENV=prod"
-    )
+    for flow in flows_of(repo):
+        assert repo.deployment(server, "dev", flow)["version"] == head, flow
+    cleanup = f"{repo.slug}-cleanup"
+    refusal = refused(repo, "deploy", "ENV=prod")
+    for flow in (repo.slug, cleanup):
+        assert f"no run of {flow}/dev at version {head} has Completed" in refusal
+    # The gate wants a smoke run of every deployment no trigger starts, not just the first.
+    complete_a_run(server, repo.deployment(server, "dev")["id"])
+    refusal = refused(repo, "deploy", "ENV=prod")
+    assert f"no run of {cleanup}/dev at version {head} has Completed" in refusal
+    assert f"no run of {repo.slug}/dev" not in refusal
 
     worker = [str(repo.path / ".venv" / "bin" / "prefect"), "worker", "start"]
     worker_env = {**repo.env, "WAREHOUSE_DSN": f"sqlite:///{tmp_path / 'warehouse.db'}"}
@@ -128,10 +155,15 @@ def test_prod_takes_only_what_dev_deployed_and_smoke_ran(setup: Setup, tmp_path:
         [*worker, "--pool", f"{repo.slug}-dev"], repo.path, worker_env, tmp_path / "worker.log"
     ):
         smoke = repo.make("smoke", "ENV=dev", "SMOKE_PARAMETERS={}")
-    assert f"(version {head}): Completed." in smoke.stdout
+    for flow in (repo.slug, cleanup):
+        assert f"of {flow}/dev (version {head}): Completed." in smoke.stdout
+    # Triggered ones are checked on the server: deployed, and pointing at their upstream.
+    assert f"{repo.slug}-report/dev: deployed, started by {cleanup}/dev." in smoke.stdout
+    assert f"{repo.slug}-publish/dev: deployed, started by {repo.slug}/dev." in smoke.stdout
 
     repo.make("deploy", "ENV=prod")
-    assert repo.deployment(server, "prod")["version"] == head
+    for flow in flows_of(repo):
+        assert repo.deployment(server, "prod", flow)["version"] == head, flow
 
     # A newer commit dev has not deployed is refused, and so is one off the default branch.
     newer = repo.commit("newer")
@@ -188,12 +220,15 @@ def test_rollback_redeploys_the_earlier_digest(setup: Setup) -> None:
     assert "no Completed run" in refused(repo, "rollback", "ENV=dev", f"TO={unknown}")
 
 
-def preview_names(server: Server, slug: str) -> set[str]:
-    found = api(
+def previews(server: Server, slug: str) -> list[dict[str, Any]]:
+    return api(
         f"{server.api_url}/deployments/filter",
         {"deployments": {"tags": {"all_": [f"project:{slug}", "preview"]}}},
     )
-    return {deployment["name"] for deployment in found}
+
+
+def preview_names(server: Server, slug: str) -> set[str]:
+    return {deployment["name"] for deployment in previews(server, slug)}
 
 
 @pytest.mark.slow
@@ -207,6 +242,10 @@ def test_a_request_preview_opens_unscheduled_and_closes(setup: Setup) -> None:
     assert {"preview", "env:pr-7", f"project:{repo.slug}"} <= set(preview["tags"])
     assert "env:dev" not in preview["tags"]  # dev's reconcile --prune never sees it
     assert preview_names(server, repo.slug) == {"pr-7"}
+    # One preview per deployment no trigger starts: the template's flow and the added cleanup.
+    cleanup = repo.deployment(server, "pr-7", f"{repo.slug}-cleanup")
+    assert cleanup["schedules"] == [] and "env:pr-7" in cleanup["tags"]
+    assert len(previews(server, repo.slug)) == 2
 
     # Where a platform has no event for a closed request, the merge commit names it.
     git(
@@ -220,3 +259,29 @@ def test_a_request_preview_opens_unscheduled_and_closes(setup: Setup) -> None:
     repo.make("preview-prune")
     assert preview_names(server, repo.slug) == set()
     assert repo.deployment(server, "dev")["name"] == "dev"
+
+
+@pytest.mark.slow
+def test_prune_deletes_the_deployments_of_a_flow_taken_out_of_flows_yaml(setup: Setup) -> None:
+    server, repo = setup.server, setup.process
+    repo.make("deploy", "ENV=dev")  # as the preview test does: the deployments exist
+    flows_file = repo.path / "flows.yaml"
+    declared = flows_file.read_text()
+    flows = yaml.safe_load(declared)
+    del flows["flows"]["report"]
+    flows_file.write_text(yaml.safe_dump(flows))
+    reconcile = [str(BIN / "uv"), "run", "python", "-m", f"{repo.package}.ops", "reconcile"]
+    try:
+        plan = run([*reconcile, "--env", "dev", "--dry-run"], repo.path, repo.env)
+        assert (
+            f"note: deployment {repo.slug}-report/dev is not in prefect.yaml or flows.yaml" in plan
+        )
+        pruned = run([*reconcile, "--env", "dev", "--prune"], repo.path, repo.env)
+        assert f"delete  deployment   {repo.slug}-report/dev" in pruned
+        assert "Applied 1 change(s)" in pruned
+        with pytest.raises(urllib.error.HTTPError):
+            repo.deployment(server, "dev", f"{repo.slug}-report")
+        for flow in flows_of(repo)[:-1]:
+            assert repo.deployment(server, "dev", flow)["name"] == "dev"
+    finally:
+        flows_file.write_text(declared)

@@ -3,9 +3,11 @@ changes arrive, real conflicts are reported, a dirty worktree is refused untouch
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+import sys
 from fnmatch import fnmatch
 from itertools import pairwise
 from pathlib import Path
@@ -17,6 +19,7 @@ from packaging.version import Version
 
 from fleet.repo import find_conflicts
 from fleet.testing import worktree_files
+from tests.fleet_support import read_report, run_fleet
 from tests.history import releases
 from tests.rendering import QUESTIONS, answers_of, git, render, repo_env, run_checks
 
@@ -244,3 +247,98 @@ def test_make_template_status_says_when_the_repository_is_behind(
     git("tag", "v99.0.0", cwd=template)
     # --quiet exits 2 when a newer release exists; make passes the status on.
     assert subprocess.run(status, cwd=repo, env=env, check=False).returncode == 2
+
+
+# --- A repository with many flows, across a release of new shared deployment defaults ---------
+
+ADDED_FLOWS = {
+    "orders_cleanup": ["--schedule", "0 3 * * *"],
+    "refunds": [],
+    "daily_report": ["--after", "many-flows-orders-cleanup"],
+}
+# The shared defaults (prefect.yaml `definitions: shared`) before and after the test's release.
+SHARED_BEFORE = "  shared: &shared\n"
+LIMIT_BEFORE = "    concurrency_limit:\n      limit: 1\n      collision_strategy: ENQUEUE\n"
+LIMIT_AFTER = "    concurrency_limit:\n      limit: 3\n      collision_strategy: CANCEL_NEW\n"
+
+
+def next_release(tag: str) -> str:
+    major, minor, _ = (int(part) for part in tag.lstrip("v").split("."))
+    return f"v{major}.{minor + 1}.0"
+
+
+def release_with_new_shared_defaults(tagged: Path, destination: Path) -> tuple[str, str]:
+    """Two releases on a copy of the tagged template: the working tree, then the same with the
+    shared deployment defaults changed (a concurrency limit of 3 that cancels new runs)."""
+    shutil.copytree(tagged, destination)
+    first = next_release(list(RELEASES)[-1])
+    second = next_release(first)
+    git("commit", "-q", "--allow-empty", "-m", f"Release {first}", cwd=destination)
+    git("tag", first, cwd=destination)
+    prefect_yaml = destination / "template" / "prefect.yaml.jinja"
+    text = prefect_yaml.read_text()
+    shared = text.index(SHARED_BEFORE)
+    assert text.index(LIMIT_BEFORE, shared) < text.index("  deployment: &deployment")
+    prefect_yaml.write_text(text[:shared] + text[shared:].replace(LIMIT_BEFORE, LIMIT_AFTER, 1))
+    git("commit", "-q", "-am", f"Release {second}", cwd=destination)
+    git("tag", second, cwd=destination)
+    return first, second
+
+
+def in_repository(repo: Path, *args: str) -> str:
+    """A command of the repository's own package, run by this interpreter (which has its
+    Prefect release) without installing it."""
+    env = {**repo_env("3.11"), "PYTHONPATH": str(repo / "src"), "PREFECT_HOME": str(repo / ".ph")}
+    result = subprocess.run(
+        [sys.executable, *args], cwd=repo, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+TEAM_DEPLOYMENTS = """
+import json
+from pathlib import Path
+import yaml
+from many_flows.ops.flows import team_deployments
+project = yaml.safe_load(Path("prefect.yaml").read_text())
+print(json.dumps(team_deployments(project, Path.cwd())))
+"""
+
+
+@pytest.mark.slow
+def test_a_fleet_update_of_new_shared_defaults_keeps_every_added_flow_and_applies_them(
+    tagged: Path, tmp_path: Path
+) -> None:
+    first, second = release_with_new_shared_defaults(tagged, tmp_path / "template")
+    repo = copy_at(tmp_path / "template", first, tmp_path / "repo", {"project_slug": "many-flows"})
+    for name, options in ADDED_FLOWS.items():
+        in_repository(repo, "-m", "many_flows.ops.new_flow", name, *options)
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "Add three flows", cwd=repo)
+    added = {
+        path: (repo / path).read_bytes()
+        for name in ADDED_FLOWS
+        for path in (f"src/many_flows/flows/{name}.py", f"tests/flows/test_{name}.py")
+    }
+    flows_yaml = (repo / "flows.yaml").read_bytes()
+    before = json.loads(in_repository(repo, "-c", TEAM_DEPLOYMENTS))
+    assert {d["concurrency_limit"]["limit"] for d in before} == {1}
+
+    code, _ = run_fleet("--to", second, "--no-checks", "--report", str(tmp_path / "r"), str(repo))
+    (record,) = read_report(tmp_path / "r")
+    assert (code, record["status"]) == (0, "updated"), record
+    assert find_conflicts(repo) == []
+    assert {path: (repo / path).read_bytes() for path in added} == added
+    assert (repo / "flows.yaml").read_bytes() == flows_yaml
+    after = json.loads(in_repository(repo, "-c", TEAM_DEPLOYMENTS))
+    environments = answers_of(repo)["environments"]
+    assert len(after) == len(ADDED_FLOWS) * len(environments)
+    assert {d["entrypoint"].rpartition(":")[2] for d in after} == set(ADDED_FLOWS)
+    assert all(
+        d["concurrency_limit"] == {"limit": 3, "collision_strategy": "CANCEL_NEW"} for d in after
+    )
+    # Everything else about them is as before: only the shared defaults moved.
+    strip = [{k: v for k, v in d.items() if k != "concurrency_limit"} for d in (*before, *after)]
+    assert strip[: len(before)] == strip[len(before) :]
+    assert in_repository(repo, "-m", "many_flows.ops", "validate") == ""

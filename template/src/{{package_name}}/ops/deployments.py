@@ -168,16 +168,20 @@ def trigger_owned(automation: ServerAutomation, deployment_id: UUID) -> bool:
     )
 
 
+def deployed_triggers(client: SyncPrefectClient, deployment_id: UUID) -> list[str]:
+    """The automations the server holds for a deployment's triggers, canonicalised."""
+    return sorted(
+        canonical(automation_fields(automation))
+        for automation in client.read_resource_related_automations(
+            f"prefect.deployment.{deployment_id}"
+        )
+        if trigger_owned(automation, deployment_id)
+    )
+
+
 def current_fields(client: SyncPrefectClient, deployment: DeploymentResponse) -> dict[str, Any]:
     limit = deployment.global_concurrency_limit
     options = deployment.concurrency_options
-    automations = [
-        automation
-        for automation in client.read_resource_related_automations(
-            f"prefect.deployment.{deployment.id}"
-        )
-        if trigger_owned(automation, deployment.id)
-    ]
     return {
         "entrypoint": deployment.entrypoint,
         "description": deployment.description,
@@ -202,7 +206,7 @@ def current_fields(client: SyncPrefectClient, deployment: DeploymentResponse) ->
         ),
         "paused": deployment.paused,
         "enforce_parameter_schema": deployment.enforce_parameter_schema,
-        "triggers": sorted(canonical(automation_fields(a)) for a in automations),
+        "triggers": deployed_triggers(client, deployment.id),
     }
 
 

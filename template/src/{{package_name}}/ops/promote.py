@@ -4,11 +4,11 @@
 - The first environment deploys HEAD. For a container runtime, the commit's image is built
   and pushed once (ops/image.py) and deployed by its digest.
 - Every later environment deploys only what the one before it runs and has run: HEAD must be
-  on the default branch (`git merge-base --is-ancestor`), the previous environment's
-  deployment must run this commit, and a run of that version must have Completed there (the
-  smoke run CI makes after each deploy). Both are read from the Prefect API, which only a
-  deploy writes, never from a variable. The image is the previous environment's, by digest:
-  nothing is built.
+  on the default branch (`git merge-base --is-ancestor`), each of the previous environment's
+  deployments must run this commit, and for each one no trigger starts a run of that version
+  must have Completed there (the smoke runs CI makes after each deploy). Both are read from
+  the Prefect API, which only a deploy writes, never from a variable. The image is the
+  previous environment's, by digest: nothing is built.
 - `--to COMMIT` (make rollback) redeploys an earlier commit's image, by the digest recorded in
   the version of a Completed run of this project: nothing is built, no gate applies.
 
@@ -39,10 +39,10 @@ from prefect.settings import get_current_settings
 
 from .._internal.config import ConfigError, read_yaml
 from .deployments import deploy_environment
+from .flows import environment_order
 from .preflight import check_api, preflight
 from .reconcile import reconcile
-from .smoke import pipeline_deployment
-from .state import ENV_TAG_PREFIX, DesiredState, read_state
+from .state import Deployment, DesiredState, read_state
 from .versions import VERSION_VAR, Version, git, image_tag, resolve_commit
 
 # Runs read back when looking for a version: the newest first, enough for weeks of deploys.
@@ -51,13 +51,7 @@ RUNS_SEARCHED = 200
 
 def promotion_order(root: Path) -> list[str]:
     """The environments in prefect.yaml's order, which is the promotion order."""
-    order: list[str] = []
-    for spec in read_yaml(root / "prefect.yaml").get("deployments") or []:
-        for tag in spec.get("tags") or []:
-            name = tag.removeprefix(ENV_TAG_PREFIX)
-            if tag.startswith(ENV_TAG_PREFIX) and name not in order:
-                order.append(name)
-    return order
+    return environment_order(read_yaml(root / "prefect.yaml"))
 
 
 def previous_environment(environment: str, root: Path) -> str | None:
@@ -93,29 +87,76 @@ def completed_runs(client: SyncPrefectClient, flow_run_filter: FlowRunFilter) ->
     )
 
 
-def gate(client: SyncPrefectClient, state: DesiredState, previous: str, commit: str) -> Version:
-    """The previous environment's version of commit, if it runs it and has run it; else
-    ConfigError saying what is missing."""
-    name = pipeline_deployment(state).flow_name + "/" + previous
+def counterparts(
+    state: DesiredState, previous: DesiredState
+) -> list[tuple[Deployment, Deployment | None]]:
+    """Each of this environment's deployments with the previous environment's deployment of the
+    same flow (the first with the first, when a flow has several), or None."""
+    left = {
+        d.flow_name: [p for p in previous.deployments if p.flow_name == d.flow_name]
+        for d in state.deployments
+    }
+    return [(d, left[d.flow_name].pop(0) if left[d.flow_name] else None) for d in state.deployments]
+
+
+def evidence_problem(
+    client: SyncPrefectClient, name: str, previous: str, commit: str, *, smoked: bool
+) -> tuple[Version | None, str | None]:
+    """The version the previous environment's deployment `name` runs, or what is missing: the
+    deployment, this commit on it, and (for one no trigger starts) a Completed run of it."""
     try:
         deployment = client.read_deployment_by_name(name)
     except ObjectNotFound:
-        raise ConfigError(f"{name} does not exist: deploy '{previous}' first.") from None
+        return None, f"{name} does not exist: deploy '{previous}' first."
     version = Version.parse(deployment.version)
     if version is None or version.commit != commit:
-        raise ConfigError(
-            f"'{previous}' runs {deployment.version or 'no recorded version'}, not {commit[:12]}:"
-            f" deploy this commit to '{previous}' and smoke-run it there first."
+        return None, (
+            f"'{previous}' runs {deployment.version or 'no recorded version'}, not "
+            f"{commit[:12]} ({name}): deploy this commit to '{previous}' and smoke-run it "
+            "there first."
         )
+    if not smoked:
+        return version, None  # started by its trigger: smoke runs never start it
     runs = completed_runs(
         client, FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id]))
     )
     if not any(run.deployment_version == str(version) for run in runs):
-        raise ConfigError(
+        return None, (
             f"no run of {name} at version {version} has Completed: smoke-run it "
             f"(make smoke ENV={previous}) before promoting."
         )
-    return version
+    return version, None
+
+
+def gate(
+    client: SyncPrefectClient, state: DesiredState, previous: str, commit: str, root: Path
+) -> Version:
+    """The version of commit the previous environment runs in every deployment this one will
+    have, each smoke-run there unless a trigger starts it; else ConfigError listing what is
+    missing."""
+    previous_state = read_state(previous, root)
+    problems, versions = [], []
+    for deployment, counterpart in counterparts(state, previous_state):
+        if counterpart is None:
+            problems.append(
+                f"'{previous}' declares no deployment of flow {deployment.flow_name}: "
+                f"{deployment.full_name} has nothing to be promoted from."
+            )
+            continue
+        smoked = not counterpart.spec.get("triggers")
+        version, problem = evidence_problem(
+            client, counterpart.full_name, previous, commit, smoked=smoked
+        )
+        if problem:
+            problems.append(problem)
+        elif version is not None:
+            versions.append(version)
+    if not problems and len({str(v) for v in versions}) > 1:
+        found = ", ".join(sorted({str(v) for v in versions}))
+        problems.append(f"'{previous}' runs several versions of {commit[:12]} ({found}).")
+    if problems:
+        raise ConfigError("\n  ".join([f"'{previous}' is not ready to promote:", *problems]))
+    return versions[0]
 
 
 def rollback_version(client: SyncPrefectClient, state: DesiredState, commit: str) -> Version:
@@ -183,7 +224,7 @@ def choose_version(
     previous = previous_environment(state.environment, root)
     if previous is not None:
         check_on_default_branch(root, commit, default_branch)
-        return gate(client, state, previous, commit)
+        return gate(client, state, previous, commit, root)
     return head_version(state, root, commit)
 
 

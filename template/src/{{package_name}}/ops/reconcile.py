@@ -29,6 +29,7 @@ from prefect.client.schemas.actions import (
 )
 from prefect.exceptions import ObjectNotFound
 
+from .._internal.config import read_yaml
 from .automations import desired_automation, diff_automation, project_automations
 from .deployments import (
     deploy_environment,
@@ -36,6 +37,7 @@ from .deployments import (
     flow_names,
     project_deployments,
 )
+from .flows import all_deployments, team_deployments
 from .ownership import read_owner, record_owner, refusal
 from .prefect_cli import run_prefect
 from .state import DesiredState
@@ -197,14 +199,15 @@ def plan_deployments(
         if name in declared:
             continue
         if not prune:
-            print(f"  note: deployment {name} is not in prefect.yaml (--prune deletes it)")
+            undeclared = "is not in prefect.yaml or flows.yaml"
+            print(f"  note: deployment {name} {undeclared} (--prune deletes it)")
             continue
         changes.append(
             Change(
                 "deployment",
                 name,
                 "delete",
-                "not in prefect.yaml",
+                "not in prefect.yaml or flows.yaml",
                 lambda current=current: delete_deployment(client, current.id),
             )
         )
@@ -271,17 +274,20 @@ def plan_automations(
 def prefect_file(
     root: Path, prebuilt_image: bool, deployments: list[dict[str, Any]] | None = None
 ) -> Iterator[list[str]]:
-    """`prefect deploy` arguments for the project file: prefect.yaml itself, or a copy without
-    its build and push steps when CI has already built and pushed the image for IMAGE_TAG,
-    and with other deployments (a request's previews) when given."""
-    if not prebuilt_image and deployments is None:
+    """`prefect deploy` arguments for the project file: prefect.yaml itself, or a copy with the
+    team's flows of flows.yaml added, without its build and push steps when CI has already
+    built and pushed the image for IMAGE_TAG, and with other deployments (a request's
+    previews) instead when given."""
+    team = team_deployments(read_yaml(root / "prefect.yaml"), root) if deployments is None else []
+    if not prebuilt_image and deployments is None and not team:
         yield []
         return
     project = yaml.safe_load((root / "prefect.yaml").read_text(encoding="utf-8"))
     if prebuilt_image:
         project.update(build=None, push=None)
-    if deployments is not None:
-        project["deployments"] = deployments
+    project["deployments"] = (
+        deployments if deployments is not None else all_deployments(project, root)
+    )
     with tempfile.NamedTemporaryFile(
         "w", dir=root, prefix=".prefect-prebuilt-", suffix=".yaml", encoding="utf-8"
     ) as copy:

@@ -1,69 +1,175 @@
-"""`python -m <package>.ops.smoke --env ENV [--parameters JSON] [--timeout S]`: run ENV's
-deployment once, as its worker runs it, and wait for `Completed`.
+"""`python -m <package>.ops.smoke --env ENV [--parameters JSON] [--timeout S]`: run each of
+ENV's deployments once, as its worker runs it, and wait for `Completed`.
 
-CI runs it after each deploy: a run that fails, crashes or does not finish in time exits
-non-zero and stops the promotion. The run is tagged `smoke` and keeps the deployment's
-version, which is what the next environment's promotion gate looks for (ops/promote.py).
-Pass a smaller parameter set where a full run takes too long.
+CI runs it after each deploy. Every deployment no trigger starts is run (all at once, each
+tagged `smoke`, keeping the deployment's version: what the next environment's promotion gate
+looks for, ops/promote.py); every triggered one must exist on the server with the triggers
+prefect.yaml or flows.yaml declare, pointing at an upstream deployment this environment has.
+A run that fails, crashes or does not finish in time, or a triggered deployment missing or
+pointing elsewhere, exits non-zero and stops the promotion.
+
+--parameters is a JSON object of each flow's parameters, by flow name
+(`{"<flow>": {"batch_size": 10}}`), for flows where a full run takes too long; a flow it does
+not name runs with its deployment's own. An object that names no flow is the parameters of
+the environment's first deployment, as before there were several.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 
 from .._internal.config import ConfigError
+from .deployments import deployed_triggers, trigger_automations
 from .state import Deployment, DesiredState, read_state
 
 SMOKE_TAG = "smoke"
+POLL_SECONDS = 2
 
 
-def pipeline_deployment(state: DesiredState) -> Deployment:
-    """The environment's own pipeline: its first deployment that no trigger starts (the
-    downstream ones run after it by themselves)."""
-    for deployment in state.deployments:
-        if not deployment.spec.get("triggers"):
-            return deployment
-    raise ConfigError(f"'{state.environment}' has no deployment without a trigger to run.")
+def untriggered(state: DesiredState) -> list[Deployment]:
+    """The deployments no trigger starts: the ones a smoke run starts by hand."""
+    found = [d for d in state.deployments if not d.spec.get("triggers")]
+    if not found:
+        raise ConfigError(f"'{state.environment}' has no deployment without a trigger to run.")
+    return found
 
 
-def smoke(state: DesiredState, parameters: dict[str, Any], timeout: float) -> FlowRun:
-    """Run the environment's pipeline and return the finished run; ConfigError if it is not
-    Completed in time."""
-    deployment = pipeline_deployment(state)
-    flow_run = run_deployment(
-        deployment.full_name,
-        parameters=parameters,
-        timeout=timeout,
-        poll_interval=2,
-        tags=[SMOKE_TAG],
-        flow_run_name=f"smoke-{state.environment}",
-        as_subflow=False,
-    )
-    outcome = flow_run.state
-    version = flow_run.deployment_version
-    where = f"smoke run {flow_run.id} of {deployment.full_name} (version {version})"
-    if outcome is None or not outcome.is_final():
+def triggered(state: DesiredState) -> list[Deployment]:
+    return [d for d in state.deployments if d.spec.get("triggers")]
+
+
+def parameters_by_deployment(
+    state: DesiredState, given: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Each untriggered deployment's smoke parameters, by its full name."""
+    runs = untriggered(state)
+    flows = {d.flow_name for d in runs}
+    named = [key for key in given if key in flows]
+    if given and not named:
+        return {runs[0].full_name: given}  # the single-flow form
+    if len(named) != len(given):
+        others = ", ".join(sorted(set(given) - flows))
         raise ConfigError(
+            f"--parameters names flows ({', '.join(named)}) and also {others}, which is no "
+            f"flow of '{state.environment}' without a trigger ({', '.join(sorted(flows))})."
+        )
+    for key in named:
+        if not isinstance(given[key], dict):
+            raise ConfigError(f"--parameters: the parameters of '{key}' must be a JSON object.")
+    return {d.full_name: given.get(d.flow_name, {}) for d in runs}
+
+
+def wait_for(client: SyncPrefectClient, flow_run: FlowRun, deadline: float) -> FlowRun:
+    """The flow run once final, or as it stands at the deadline."""
+    while True:
+        flow_run = client.read_flow_run(flow_run.id)
+        if (flow_run.state and flow_run.state.is_final()) or time.monotonic() >= deadline:
+            return flow_run
+        time.sleep(POLL_SECONDS)
+
+
+def outcome_problem(deployment: Deployment, flow_run: FlowRun, timeout: float) -> str | None:
+    outcome = flow_run.state
+    where = (
+        f"smoke run {flow_run.id} of {deployment.full_name} (version {flow_run.deployment_version})"
+    )
+    if outcome is None or not outcome.is_final():
+        return (
             f"{where} did not finish within {timeout:.0f} s (state "
             f"{outcome.name if outcome else 'none'}): is a worker polling {deployment.work_pool}?"
         )
     if not outcome.is_completed():
-        raise ConfigError(f"{where} ended {outcome.name}: {outcome.message or 'no message'}")
+        return f"{where} ended {outcome.name}: {outcome.message or 'no message'}"
     print(f"{where}: Completed.")
-    return flow_run
+    return None
+
+
+def upstreams(deployment: Deployment) -> list[str]:
+    """The deployments (flow/name) whose runs a triggered deployment's triggers match."""
+    names = []
+    for trigger in deployment.spec.get("triggers") or []:
+        related = trigger.get("match_related") or []
+        related = [related] if isinstance(related, dict) else related
+        by_role = {r.get("prefect.resource.role"): r.get("prefect.resource.name") for r in related}
+        if by_role.get("flow") and by_role.get("deployment"):
+            names.append(f"{by_role['flow']}/{by_role['deployment']}")
+    return names
+
+
+def trigger_problems(client: SyncPrefectClient, state: DesiredState) -> list[str]:
+    """What is wrong with the environment's triggered deployments on the server."""
+    declared = {d.full_name for d in state.deployments}
+    problems = []
+    for deployment in triggered(state):
+        for upstream in upstreams(deployment):
+            if upstream not in declared:
+                problems.append(
+                    f"{deployment.full_name} is triggered by runs of {upstream}, which "
+                    f"'{state.environment}' does not deploy."
+                )
+        try:
+            current = client.read_deployment_by_name(deployment.full_name)
+        except ObjectNotFound:
+            problems.append(
+                f"{deployment.full_name} does not exist: deploy '{state.environment}' first."
+            )
+            continue
+        wanted = trigger_automations(deployment.name, deployment.spec["triggers"], current.id)
+        if deployed_triggers(client, current.id) != wanted:
+            problems.append(
+                f"{deployment.full_name}'s triggers on the server differ from those declared: "
+                f"make reconcile ENV={state.environment}."
+            )
+        else:
+            sources = ", ".join(upstreams(deployment)) or "its triggers"
+            print(f"{deployment.full_name}: deployed, started by {sources}.")
+    return problems
+
+
+def smoke(state: DesiredState, parameters: dict[str, Any], timeout: float) -> list[FlowRun]:
+    """Run every untriggered deployment at once and check the triggered ones; the finished
+    runs, or ConfigError listing every problem."""
+    by_deployment = parameters_by_deployment(state, parameters)
+    deadline = time.monotonic() + timeout
+    started = [
+        (
+            deployment,
+            run_deployment(
+                deployment.full_name,
+                parameters=by_deployment[deployment.full_name],
+                timeout=0,
+                tags=[SMOKE_TAG],
+                flow_run_name=f"smoke-{state.environment}",
+                as_subflow=False,
+            ),
+        )
+        for deployment in untriggered(state)
+    ]
+    with get_client(sync_client=True) as client:
+        finished = [(d, wait_for(client, run, deadline)) for d, run in started]
+        problems = [p for d, run in finished if (p := outcome_problem(d, run, timeout))]
+        problems += trigger_problems(client, state)
+    if problems:
+        raise ConfigError("\n  ".join([f"'{state.environment}' failed its smoke test:", *problems]))
+    return [run for _, run in finished]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="smoke", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="smoke", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--env", required=True, help="the environment, as in config/<env>.yaml")
-    parser.add_argument("--parameters", default="{}", help="the run's parameters, as JSON")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the run")
+    parser.add_argument("--parameters", default="{}", help="the runs' parameters, as JSON")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the runs")
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="the repository root")
     args = parser.parse_args(argv)
     try:

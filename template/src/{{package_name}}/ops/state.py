@@ -1,4 +1,5 @@
-"""The desired orchestrator state of one environment, read from config/ and prefect.yaml."""
+"""The desired orchestrator state of one environment, read from config/, prefect.yaml and
+flows.yaml."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from prefect.workers.base import BaseWorker
 
 from .._internal.config import ConfigError, read_yaml
+from .flows import all_deployments
 
 if TYPE_CHECKING:
     from prefect.flows import Flow
@@ -141,7 +143,7 @@ def read_state(environment: str, root: Path) -> DesiredState:
             entrypoint=spec["entrypoint"],
             spec=spec,
         )
-        for spec in project.get("deployments") or []
+        for spec in all_deployments(project, root)
         if ENV_TAG_PREFIX + environment in (spec.get("tags") or [])
     ]
     if not deployments:

@@ -1,4 +1,4 @@
-"""Check prefect.yaml and config/ before anything reaches a server.
+"""Check prefect.yaml, flows.yaml and config/ before anything reaches a server.
 
 Prefect's own model parses prefect.yaml but ignores unknown keys (a typo such as `entrypiont`
 passes), so key names are checked here against the model's fields, and job_variables against
@@ -7,7 +7,6 @@ the variables of the worker's base job template.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from .._internal.config import environment_names, read_yaml
 from .automations import LOCAL_KEYS
+from .flow_checks import check_entrypoint, flow_problems
 from .state import base_job_template
 
 EXTRA_TOP_LEVEL_KEYS = {"definitions"}
@@ -35,28 +35,6 @@ def allowed_keys(model: type[BaseModel]) -> set[str]:
 def unknown_keys(data: dict[str, Any], model: type[BaseModel], where: str) -> list[str]:
     extra = set(data) - allowed_keys(model)
     return [f"{where}: unknown key '{key}'" for key in sorted(extra)]
-
-
-def check_entrypoint(entrypoint: str, where: str) -> list[str]:
-    """A module path whose module this environment can import.
-
-    A file path (src/pkg/flows/etl.py:etl) makes Prefect load the file as a top-level module
-    (`etl`): tasks pickled for Dask or Ray workers then name a module no worker can import.
-    """
-    module, _, function = entrypoint.rpartition(":")
-    if module.endswith(".py") or "/" in module:
-        dotted = module.removeprefix("src/").removesuffix(".py").replace("/", ".")
-        return [
-            f"{where}: entrypoint '{entrypoint}' is a file path; use the module path "
-            f"'{dotted}:{function}' so Dask and Ray workers can import its tasks"
-        ]
-    try:
-        found = module and function and importlib.util.find_spec(module)
-    except ImportError:
-        found = None
-    if not found:
-        return [f"{where}: entrypoint '{entrypoint}' names no module this package provides"]
-    return []
 
 
 def check_deployment(spec: dict[str, Any], variables: set[str]) -> list[str]:
@@ -120,4 +98,5 @@ def validate(root: Path) -> list[str]:
         deployed_envs |= {t[4:] for t in spec.get("tags") or [] if t.startswith("env:")}
     for env in sorted(set(environment_names(root / "config")) - deployed_envs):
         problems.append(f"config/{env}.yaml has no deployment tagged 'env:{env}' in prefect.yaml")
-    return problems
+    problems += flow_problems(project, root)
+    return list(dict.fromkeys(problems))
