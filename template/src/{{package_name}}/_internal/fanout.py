@@ -8,17 +8,18 @@ once, for the whole fan-out, and runs at most L tasks at a time in them: the nex
 as one finishes, and the server's limit still caps what runs at once across flow runs.
 
 Why the waits poll instead of using prefect.futures.as_completed: as_completed registers a done
-callback on each future and then blocks on a threading.Event with no timeout. On Ray that
-callback is ObjectRef._on_completed, which the Ray core worker runs on its own IO thread only
-after it has fetched and deserialised the task's return value (a pickled Prefect State); if that
-thread never runs it (the object is not yet in the driver's memory store when the callback is
-registered and its arrival notice is lost, a deserialisation error that Ray only logs, or a
-worker that exits idle in between), the Event is never set and the flow run waits forever, with
-every task finished, holding its concurrency slots. Dask's Future.add_done_callback likewise
-runs callbacks on the client's event loop, which a stalled connection stops. Each wait here
-asks the runner itself (future.wait(timeout), which is ray.get / Future.result with a timeout)
-in short slices, so it needs no callback to arrive, and gives up after PIPELINE_TASK_TIMEOUT
-seconds without any task of the fan-out finishing, naming the task and what it waited for.
+callback on every future and then blocks on a threading.Event with no timeout, so the flow run
+waits exactly as long as it takes one callback to arrive. On Ray (prefect-ray's
+PrefectRayFuture.add_done_callback) that callback is ObjectRef._on_completed, a private Ray API:
+Ray's core worker runs it on its own IO thread, only after it has fetched and deserialised the
+task's return value (a pickled Prefect State), and an error on the way is only written to Ray's
+log. A delivery that never comes (a deserialisation error, a worker that exits idle, a stalled
+IO thread) leaves the Event unset: the flow run waits forever with every task finished, holding
+its concurrency slots. On Dask, Future.add_done_callback runs callbacks from the client's event
+loop, which a lost scheduler connection stops the same way. Each wait here instead asks the
+runner itself, in short slices (future.wait(timeout): ray.get or Future.result with a timeout),
+so no callback is needed, and gives up after PIPELINE_TASK_TIMEOUT seconds without any task run
+of the fan-out finishing, naming the task and the runs it waited for.
 """
 
 from __future__ import annotations
