@@ -17,8 +17,8 @@ log. A delivery that never comes (a deserialisation error, a worker that exits i
 IO thread) leaves the Event unset: the flow run waits forever with every task finished, holding
 its concurrency slots. On Dask, Future.add_done_callback runs callbacks from the client's event
 loop, which a lost scheduler connection stops the same way. Each wait here instead asks the
-runner itself, in short slices (future.wait(timeout): ray.get or Future.result with a timeout),
-so no callback is needed, and gives up after PIPELINE_TASK_TIMEOUT seconds without any task run
+runner itself (Ray: ray.get with a short timeout; Dask and threads: the future's done()), so
+no callback is needed, and gives up after PIPELINE_TASK_TIMEOUT seconds without any task run
 of the fan-out finishing, naming the task and the runs it waited for.
 """
 
@@ -58,15 +58,19 @@ def task_timeout() -> float:
 
 
 def finished(future: PrefectFuture[Any]) -> bool:
-    """Whether a future has its final state, after one short look that needs no callback."""
-    future.wait(timeout=POLL_SECONDS)
-    # wait() sets the final state once the runner has the task's result (as_completed reads the
-    # same field); a Dask or thread future whose task raised outside Prefect's engine only
-    # reports done() on the future it wraps. Ray's ObjectRef has no done().
+    """Whether a future's task run is over, after at most one short look and no callback."""
     if getattr(future, "_final_state", None) is not None:
         return True
     done = getattr(getattr(future, "wrapped_future", None), "done", None)
-    return bool(done and done())
+    if done is not None:
+        # Dask and thread futures say so themselves. Polling Dask with result(timeout=...) is
+        # not safe: on a busy client a timed-out wait can be cancelled mid-way and raise
+        # UnboundLocalError from distributed.utils.sync.
+        return bool(done())
+    # Ray's ObjectRef has no done(): wait() is ray.get with a timeout, and sets the final state
+    # (as_completed reads the same field) once the task's result is there.
+    future.wait(timeout=POLL_SECONDS)
+    return getattr(future, "_final_state", None) is not None
 
 
 def first_finished(
@@ -78,6 +82,7 @@ def first_finished(
         for future in futures:
             if finished(future):
                 return future
+        time.sleep(POLL_SECONDS)
         if time.monotonic() >= deadline:
             runs = ", ".join(str(future.task_run_id) for future in futures)
             raise FanOutTimeoutError(
@@ -108,8 +113,8 @@ def map_bounded(
     for future in futures:
         if not finished(future):
             first_finished([future], timeout, task.name)
-        # Finished: result() only reads the state it already has (or the runner's stored value).
-        results.append(future.result(timeout=timeout))
+        # Finished: result() only reads the final state or the runner's finished future.
+        results.append(future.result())
     return results
 
 
