@@ -5,6 +5,8 @@ a cluster started beside the server (`dask scheduler` + two `dask worker`, or `r
 --head`, from a directory outside the repository), `make reconcile`, a process worker, then a
 deployment run that must complete with every load task in a cluster process and every row
 loaded, and a run whose cluster address does not answer, which must fail fast naming it.
+Then the fan-out under stress: the example flow STRESS_RUNS times in one process, on that
+cluster and on a local one, every run with every row (tests/e2e/fanout_stress.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ from tests.rendering import BIN, answers_of, render, run, sync
 from tests.test_orchestration_e2e import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("clusters")]
+
+STRESS = Path(__file__).parent / "e2e" / "fanout_stress.py"
+# Flow runs per cluster in the stress. Each cycles map_bounded's bounded wait 3 times and waits
+# for 8 results, at 10-30 s a run on the shared 2-core machine (4 placements in all): 50 would
+# cost many minutes of the suite. The waits no longer depend on a callback, which is what could
+# be lost; the suite checks they hold on every runner and placement, and STRESS_RUNS=50 runs
+# the issue's figure.
+STRESS_RUNS = int(os.environ.get("STRESS_RUNS") or 3)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +63,21 @@ def point_at(repo: Path, environment: str, cluster: Cluster) -> None:
 def source_rows(repo: Path) -> int:
     with (repo / "data" / "orders.csv").open(newline="", encoding="utf-8") as f:
         return sum(1 for _ in csv.DictReader(f))
+
+
+def stress(repo: Path, env: dict[str, str], task_runner: str, database: Path) -> str:
+    """STRESS_RUNS flow runs in one process; a lost wait fails within PIPELINE_TASK_TIMEOUT."""
+    env = {**env, "WAREHOUSE_DSN": f"sqlite:///{database}", "PIPELINE_TASK_TIMEOUT": "120"}
+    python = str(repo / ".venv" / "bin" / "python")
+    package = answers_of(repo)["package_name"]
+    command = [python, str(STRESS), str(STRESS_RUNS), task_runner, package]
+    output = run(command, cwd=repo, env=env, timeout=120 + 60 * STRESS_RUNS)
+    runs = re.findall(r"^run \d+: (\d+) rows loaded, (\d+) stored", output, flags=re.MULTILINE)
+    assert len(runs) == STRESS_RUNS, output[-3000:]
+    rows = source_rows(repo)
+    assert all(int(loaded) == int(stored) == rows for loaded, stored in runs), output[-3000:]
+    print("\n".join(line for line in output.splitlines() if line.startswith("run ")))
+    return output
 
 
 def loaded_rows(database: Path) -> int:
@@ -100,6 +125,10 @@ def test_tasks_run_on_the_cluster_and_an_unreachable_one_fails_fast(
                 api(create, {"job_variables": {"env": job_env}})["id"],
                 timeout=180,
             )
+
+        # The same environment's fan-out, many times over, on the cluster.
+        stress_env = {**env, **cluster.env, **cluster.driver_env, "PIPELINE_ENV": environment}
+        stress(repo, stress_env, task_runner, tmp_path / "stress-cluster.db")
     assert failed["state"]["type"] == "FAILED", log.read_text()[-5000:]
     message = failed["state"]["message"]
     assert f"{cluster.variable}={dead} of environment '{environment}'" in message, message
@@ -108,3 +137,7 @@ def test_tasks_run_on_the_cluster_and_an_unreachable_one_fails_fast(
     ).total_seconds()
     assert seconds < 60, f"the unreachable cluster took {seconds:.0f} s to fail the run"
     assert group_members(cluster.group) == [], "cluster processes outlived the test"
+
+    # And on a local cluster of the flow-run process's own.
+    local_env = {**env, **cluster.driver_env, "PIPELINE_ENV": environment}
+    stress(repo, local_env, task_runner, tmp_path / "stress-local.db")

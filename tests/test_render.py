@@ -523,3 +523,19 @@ def test_answer_copier_cannot_read_is_refused_and_writes_nothing(
 def test_copy_needs_no_trust(template: Path, tmp_path: Path) -> None:
     """No _tasks and no Jinja extensions: Renovate and cautious users copy without --trust."""
     assert (render(template, tmp_path / "repo", unsafe=False) / "prefect.yaml").is_file()
+
+
+# A command or path in the README that names an environment: `ENV=dev`, `PIPELINE_ENV=dev`,
+# `sales-etl-dev`, `/etc/sales-etl/dev`, "dev only" comments; not /dev/stdin, /dev/shm, --no-dev.
+NAMES_DEV = re.compile(r"ENV=dev\b|(?<!no)-dev\b|/dev\b(?!/(?:stdin|shm))|# dev only")
+
+
+# process: its worker commands; docker: the secrets directory and volumes; kubernetes: namespaces.
+@pytest.mark.parametrize("runtime", ["process", "docker", "kubernetes"])
+def test_readme_examples_use_the_repositorys_first_environment(
+    template: Path, tmp_path: Path, runtime: str
+) -> None:
+    answers = {"runtime": runtime, "secret_backend": "env", "environments": ["qa", "prod"]}
+    readme = (render(template, tmp_path / "r", answers) / "README.md").read_text(encoding="utf-8")
+    assert [line for line in readme.splitlines() if NAMES_DEV.search(line)] == []
+    assert "make reconcile ENV=qa" in readme
