@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,10 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.concurrency_bench import api
 from fleet.cli import main
 from tests import test_update as update_tests
+from tests.e2e.server import running_server
 from tests.fleet_support import snapshot
-from tests.rendering import GIT_IDENTITY, git
+from tests.rendering import BIN, GIT_IDENTITY, git, run, sync
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("adopt")]
 
@@ -268,3 +271,41 @@ def test_a_prefect2_or_dirty_repository_is_refused_and_left_as_it_was(
     assert (code, "uncommitted changes" in out) == (1, True), out
     assert snapshot(dirty) == before
     shutil.rmtree(tmp_path / "ph", ignore_errors=True)
+
+
+def test_an_adopted_repository_keeps_its_deployment_on_a_real_server_and_runs(
+    releases: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    """Deployed as the team did (`prefect deploy`), adopted, reconciled with the template's
+    `make reconcile`: the same deployment (id, name, schedule, parameters), run by a worker."""
+    template, first, _ = releases
+    repo = init_recipe(tmp_path / "team-flows", "local", LOCAL_DEPLOYMENTS)
+    with running_server(
+        BIN / "prefect", tmp_path / "home", tmp_path / "server.log", os.environ
+    ) as server:
+        env = {**os.environ, **server.env()}
+        run(
+            [str(BIN / "prefect"), "work-pool", "create", "team-pool", "--type", "process"],
+            repo,
+            env,
+        )
+        run([str(BIN / "prefect"), "deploy", "--all"], repo, env)
+        before = api(f"{server.api_url}/deployments/name/hello/nightly")
+        code, out = adopt(repo, template, first, "environments=[dev, prod]")
+        assert code == 0, out
+        repo_env = {**sync(repo), **server.env(), "PATH": f"{BIN}:{os.environ['PATH']}"}
+        plan = run(["make", "plan", "ENV=prod"], repo, repo_env)
+        run(["make", "reconcile", "ENV=prod"], repo, repo_env)
+        after = api(f"{server.api_url}/deployments/name/hello/nightly")
+        assert after["id"] == before["id"], plan
+        assert after["parameters"] == before["parameters"] == {"rows": 5, "label": "night"}
+        kept = ("cron", "timezone")
+        assert [{k: s["schedule"][k] for k in kept} for s in after["schedules"]] == [
+            {k: s["schedule"][k] for k in kept} for s in before["schedules"]
+        ]
+        assert after["entrypoint"] == "team_flows.flows.hello:hello"
+        flow_run = api(f"{server.api_url}/deployments/{after['id']}/create_flow_run", {})
+        worker = ["uv", "run", "prefect", "worker", "start", "--pool", "team-flows-prod"]
+        run([*worker, "--run-once"], repo, repo_env, timeout=300)
+        state = api(f"{server.api_url}/flow_runs/{flow_run['id']}")["state"]["type"]
+        assert state == "COMPLETED", (tmp_path / "server.log").read_text()[-3000:]
