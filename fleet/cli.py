@@ -10,6 +10,8 @@ from pathlib import Path
 from rich.console import Console
 
 from fleet import repo as g
+from fleet.adopt import BRANCH as ADOPT_BRANCH
+from fleet.adopt import AdoptError, adopt
 from fleet.interrupt import Stopper
 from fleet.progress import progress
 from fleet.report import exit_code, summary, write_reports
@@ -92,12 +94,29 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--template", metavar="SRC", help="where to read releases (default: each _src_path)"
     )
+    adopt = commands.add_parser(
+        "adopt",
+        help="bring an existing Prefect 3 repository under the template, on a new branch",
+        description=(
+            "Render the template around the repository at PATH on branch adopt/copier-prefect "
+            "(the default branch is left as it is): its flows and deployments are kept, and "
+            "ADOPTION.md says what was inferred and moved. Exit 0 when adopted, 1 when refused."
+        ),
+    )
+    adopt.add_argument("path", type=Path, metavar="PATH")
+    adopt.add_argument(
+        "--data", action="append", default=[], metavar="KEY=VALUE", help="answer (repeatable)"
+    )
+    adopt.add_argument("--template", metavar="SRC", help="default: this fleet's template")
+    adopt.add_argument("--vcs-ref", metavar="REF", help="template ref (default: its HEAD)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "adopt":
+        return _adopt(args, parser)
     repos = list(args.repos)
     if args.repos_file:
         try:
@@ -139,6 +158,22 @@ def _update(args: argparse.Namespace, repos: list[str]) -> int:
         code = 128 + stopper.signum  # the shell convention for "stopped by a signal"
     print(f"{summary(results)} — report: {md_path} — exit {code}", flush=True)
     return code
+
+
+def _adopt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    data = {}
+    for item in args.data:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--data {item!r}: expected KEY=VALUE")
+        data[key] = value
+    try:
+        report = adopt(args.path.resolve(), data, _absolute_if_local(args.template), args.vcs_ref)
+    except AdoptError as error:
+        print(f"refused: {error} (nothing changed)", flush=True)
+        return 1
+    print(f"adopted on branch {ADOPT_BRANCH}: read {report}", flush=True)
+    return 0
 
 
 def read_repos_file(path: Path) -> list[str]:

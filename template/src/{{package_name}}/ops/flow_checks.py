@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from prefect.cli.deploy._models import RawScheduleConfig
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import Flow
 from pydantic import ValidationError
@@ -101,11 +102,10 @@ def entry_problems(
             "smoke-run on its own, so give it one or the other"
         )
     if entry.get("schedule"):
-        timezone = ((project.get("definitions") or {}).get("schedule") or {}).get("timezone")
-        try:
-            CronSchedule(cron=str(entry["schedule"]), timezone=timezone)
-        except ValidationError as error:
-            problems.append(f"{where}: schedule '{entry['schedule']}' is not a valid cron: {error}")
+        problems += schedule_problems(entry["schedule"], project, where)
+    names = entry.get("name")
+    if names is not None and not isinstance(names, str | dict):
+        problems.append(f"{where}: name must be a deployment name or map environments to names")
     if after := entry.get("after"):
         if after not in flows:
             problems.append(
@@ -131,6 +131,24 @@ def entry_problems(
     if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
         problems.append(f"{where}: tags must be a list of strings")
     return problems
+
+
+def schedule_problems(schedule: Any, project: dict[str, Any], where: str) -> list[str]:
+    """A cron string (in the shared timezone) or a prefect.yaml schedule mapping."""
+    if not isinstance(schedule, dict):
+        timezone = ((project.get("definitions") or {}).get("schedule") or {}).get("timezone")
+        try:
+            CronSchedule(cron=str(schedule), timezone=timezone)
+        except ValidationError as error:
+            return [f"{where}: schedule '{schedule}' is not a valid cron: {error}"]
+        return []
+    try:
+        RawScheduleConfig.model_validate(schedule)
+        if not {"cron", "interval", "rrule"} & set(schedule):
+            raise ValueError("it needs one of cron, interval or rrule")
+    except (ValidationError, ValueError) as error:
+        return [f"{where}: schedule {schedule} is invalid: {error}"]
+    return []
 
 
 def defined_flows() -> dict[str, list[Flow[..., Any]]]:

@@ -17,7 +17,7 @@ from .._internal.config import ConfigError, read_yaml
 
 FLOWS_FILE = "flows.yaml"
 ENV_TAG_PREFIX = "env:"
-ENTRY_KEYS = {"entrypoint", "schedule", "after", "parameters", "tags", "description"}
+ENTRY_KEYS = {"entrypoint", "name", "schedule", "after", "parameters", "tags", "description"}
 # The parameter a downstream flow receives: the id of the run that triggered it.
 UPSTREAM_PARAMETER = "upstream_flow_run"
 
@@ -68,6 +68,26 @@ def downstream_trigger(upstream_flow: str, environment: str) -> dict[str, Any]:
     }
 
 
+def deployment_name(entry: dict[str, Any], environment: str, last: str) -> str:
+    """The environment's name, unless the entry keeps a name of its own: a repository adopted
+    with deployments already running keeps theirs (`name: nightly` names the last
+    environment's; a mapping `{prod: nightly, dev: nightly-dev}` names any environment's)."""
+    names = entry.get("name")
+    if isinstance(names, dict):
+        return str(names.get(environment) or environment)
+    return str(names) if names and environment == last else environment
+
+
+def schedule_of(entry: dict[str, Any], timezone: str | None, active: bool) -> dict[str, Any]:
+    """A cron string in the shared timezone, or a mapping as prefect.yaml takes one (cron,
+    interval or rrule, with its own timezone when it has one)."""
+    given = entry["schedule"]
+    schedule = dict(given) if isinstance(given, dict) else {"cron": given}
+    if timezone and "timezone" not in schedule and "rrule" not in schedule:
+        schedule["timezone"] = timezone
+    return {**schedule, "active": active}
+
+
 def flow_deployment(
     entry: dict[str, Any], environment: str, project: dict[str, Any], last: str
 ) -> dict[str, Any]:
@@ -76,7 +96,7 @@ def flow_deployment(
     defaults = environment_defaults(project, environment)
     spec: dict[str, Any] = deepcopy(definitions.get("shared") or {})
     spec.update(
-        name=environment,
+        name=deployment_name(entry, environment, last),
         entrypoint=entry.get("entrypoint"),
         parameters=deepcopy(entry.get("parameters") or {}),
         tags=[*defaults["tags"], *(entry.get("tags") or [])],
@@ -87,8 +107,7 @@ def flow_deployment(
         spec["description"] = entry["description"]
     if entry.get("schedule"):
         timezone = (definitions.get("schedule") or {}).get("timezone")
-        schedule = {"cron": entry["schedule"], "active": environment == last}
-        spec["schedules"] = [{**schedule, "timezone": timezone} if timezone else schedule]
+        spec["schedules"] = [schedule_of(entry, timezone, environment == last)]
     if entry.get("after"):
         spec["triggers"] = [downstream_trigger(str(entry["after"]), environment)]
     return spec
