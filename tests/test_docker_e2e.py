@@ -156,6 +156,8 @@ def test_docker_worker_runs_the_pushed_image(
     downstream = api(f"{api_url}/deployments/name/{slug}-publish/{environment}")
     for pinned in (deployment, downstream):
         assert pinned["job_variables"]["image"] == f"{image}@{digest}"
+        # The platform it was built for, which the worker asks the daemon to run.
+        assert pinned["job_variables"]["container_create_kwargs"] == {"platform": "linux/amd64"}
         assert pinned["version"] == f"{commit}@{digest}"
     job_env = deployment["job_variables"]["env"]
     # The backend's settings arrive resolved from the deploying environment; the value never.
@@ -216,8 +218,15 @@ def results_in(moto: str, folder: str) -> list[str]:
     return [item["Key"] for item in listing.get("Contents", [])]
 
 
-def run_and_wait(api_url: str, deployment: dict[str, Any], moto: str, log: Path) -> str:
+def run_and_wait(
+    api_url: str, deployment: dict[str, Any], moto: str, log: Path, environment: str = ""
+) -> str:
+    """Run a deployment to Completed; with environment, as that environment's run (its
+    PIPELINE_ENV: its config, secrets and results) in the same image."""
     body = docker.run_overrides(deployment, moto)
+    if environment:
+        env = body["job_variables"]["env"]
+        body["job_variables"]["env"] = {**env, "PIPELINE_ENV": environment}
     run_id = api(f"{api_url}/deployments/{deployment['id']}/create_flow_run", body)["id"]
     flow_run = wait_for(api_url, run_id, timeout=300)
     assert flow_run["state"]["type"] == "COMPLETED", log.read_text()[-4000:]
@@ -228,7 +237,12 @@ def assert_cached_per_environment(
     stack: DockerStack, prepared: Rendered, deploy_env: dict[str, str], first_run: str, log: Path
 ) -> None:
     """The first dev run computed its batches into dev's S3 folder; a second dev run takes
-    them from there (Cached); the next environment, its own block and folder, computes them."""
+    them from there (Cached); a staging run, its own block and folder, computes them.
+
+    Staging's block comes from its real reconcile (without a deploy), and its run is the dev
+    deployment's image started as staging (PIPELINE_ENV) on the running worker: what decides
+    where results go is the environment's config, and a second pool, worker and deploy would
+    add a minute."""
     api_url, slug = stack.server.api_url, prepared.answers["project_slug"]
     dev, staging = prepared.answers["environments"][:2]
     computed = transform_states(api_url, first_run)
@@ -240,19 +254,13 @@ def assert_cached_per_environment(
     assert again and set(again) == {"Cached"}, again
 
     docker.provide_secret_for(prepared.answers, staging, stack.moto)
-    run(["make", "reconcile", f"ENV={staging}"], cwd=prepared.repo, env=deploy_env, timeout=600)
+    python = str(prepared.repo / ".venv/bin/python")
+    package = prepared.answers["package_name"]
+    reconcile = [python, "-m", f"{package}.ops", "reconcile", "--env", staging, "--skip-deploy"]
+    output = run(reconcile, cwd=prepared.repo, env=deploy_env, timeout=600)
+    assert f"create  block        s3-bucket/{slug}-{staging}-results" in output, output
     assert not results_in(stack.moto, staging)
-    pool = api(f"{api_url}/work_pools/{slug}-{staging}")
-    worker = [str(prepared.repo / ".venv/bin/prefect"), "worker", "start", "--pool", pool["name"]]
-    staging_log = log.with_name(f"{prepared.repo.name}-{staging}-worker.log")
-    volume = f"{slug}-{staging}"
-    with (
-        docker.cleaned_up([volume]) as pools,
-        running_worker(worker, prepared.repo, deploy_env, staging_log),
-    ):
-        pools.append(pool["id"])
-        deployment = api(f"{api_url}/deployments/name/{slug}/{staging}")
-        other_run = run_and_wait(api_url, deployment, stack.moto, staging_log)
+    other_run = run_and_wait(api_url, deployment, stack.moto, log, environment=staging)
     other = transform_states(api_url, other_run)
     assert other and set(other) == {"Completed"}, other
     assert results_in(stack.moto, staging)

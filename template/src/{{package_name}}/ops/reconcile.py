@@ -38,7 +38,7 @@ from .deployments import (
 )
 from .ownership import read_owner, record_owner, refusal
 from .prefect_cli import run_prefect
-from .results import desired_block, saved_fields
+from .results import desired_block, fields_of, saved_fields
 from .state import DesiredState
 
 
@@ -177,7 +177,7 @@ def plan_result_storage(state: DesiredState) -> list[Change]:
         return []
     slug, block = desired_block(state.project, state.environment, state.result_storage)
     saved = saved_fields(slug)
-    if saved == block.model_dump(mode="json"):
+    if saved == fields_of(block):
         return []
     name = slug.partition("/")[2]
     return [

@@ -15,8 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from prefect.blocks.core import Block
-from prefect.exceptions import PrefectException
+from prefect.blocks.core import Block, UnknownBlockType
 from pydantic import ValidationError
 
 from .._internal.config import ConfigError
@@ -55,7 +54,7 @@ def desired_block(
         raise ConfigError(f"{where} needs a block_type, e.g. s3-bucket or gcs-bucket.")
     try:
         block_class = Block.get_block_class_from_key(block_type)
-    except PrefectException as error:
+    except UnknownBlockType as error:
         raise ConfigError(f"{where}: {error}") from None
     values = expanded(fields, where, os.environ if environ is None else environ)
     try:
@@ -64,12 +63,27 @@ def desired_block(
         # Field names and what is wrong, never the values: the input is not echoed.
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         raise ConfigError(f"{where} is not a valid {block_type} block: {problems}") from None
+    except (TypeError, ValueError) as error:  # a block's own validator
+        raise ConfigError(
+            f"{where} is not a valid {block_type} block ({type(error).__name__})"
+        ) from None
     return f"{block_type}/{results_block_name(project, environment)}", block
+
+
+def fields_of(block: Block) -> dict[str, Any]:
+    """A block's fields, nested blocks' too, without the ids and names saving gives them."""
+
+    def public(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: public(v) for k, v in value.items() if not k.startswith("_")}
+        return value
+
+    return public(block.model_dump(mode="json"))
 
 
 def saved_fields(slug: str) -> dict[str, Any] | None:
     """The fields of the block saved under slug, or None when there is none."""
     try:
-        return Block.load(slug).model_dump(mode="json")
+        return fields_of(Block.load(slug))
     except ValueError:
         return None
