@@ -22,6 +22,7 @@ import os
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -33,10 +34,12 @@ import pytest
 from bench.concurrency_bench import api
 from tests.e2e import docker
 from tests.e2e.server import Server, running_server, running_worker
-from tests.rendering import BIN, answers_of, git, render, run, sync
+from tests.rendering import BIN, answers_of, commit_lock, git, render, run, sync
 from tests.test_orchestration_e2e import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docker")]
+# Work a test overlaps with its flow runs (they wait on containers, not on this process).
+background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="docker-e2e")
 
 
 @dataclass
@@ -102,10 +105,7 @@ def rendered(stack: DockerStack, template: Path) -> Callable[[str], Rendered]:
                 with (repo / "config" / f"{env}.yaml").open("a") as config:
                     config.write(RESULT_STORAGE.replace("{env}", env))
         env = sync(repo)
-        # uv.lock is written by the sync: commit it, as `make setup` asks (an untracked file
-        # would refuse the image build).
-        git("add", "uv.lock", cwd=repo)
-        git("commit", "-q", "-m", "lock", cwd=repo)
+        commit_lock(repo)
         return Rendered(repo, env, answers_of(repo))
 
     return render_for
@@ -171,6 +171,12 @@ def test_docker_worker_runs_the_pushed_image(
     log = repo.parent / f"{repo.name}-worker.log"
     with docker.cleaned_up([volume]) as pools, running_worker(worker, repo, deploy_env, log):
         pools.append(pool["id"])
+        # The next environment's results block, saved while the first run runs (ops/results.py).
+        staged = (
+            background.submit(reconcile_next_environment, stack, prepared, deploy_env)
+            if backend == "aws-secrets-manager"
+            else None
+        )
         body = docker.run_overrides(deployment, stack.moto)
         run_id = api(f"{api_url}/deployments/{deployment['id']}/create_flow_run", body)["id"]
         etl = wait_for(api_url, run_id, timeout=300)
@@ -180,7 +186,8 @@ def test_docker_worker_runs_the_pushed_image(
         rows = docker.count_rows(volume, "orders")
         if backend == "aws-secrets-manager":
             cache_started = time.monotonic()
-            assert_cached_per_environment(stack, prepared, deploy_env, run_id, log)
+            assert staged is not None
+            assert_cached_per_environment(stack, prepared, staged.result(timeout=600), run_id, log)
             cache_runs = time.monotonic() - cache_started
             print(f"\nThe cache runs (second dev run, staging) {cache_runs:.0f} s")
     print(
@@ -233,8 +240,23 @@ def run_and_wait(
     return run_id
 
 
+def reconcile_next_environment(
+    stack: DockerStack, prepared: Rendered, deploy_env: dict[str, str]
+) -> str:
+    """The second environment's real reconcile without a deploy: its pool, limits and results
+    block (and its secret in moto); returns its output."""
+    staging = prepared.answers["environments"][1]
+    docker.provide_secret_for(prepared.answers, staging, stack.moto)
+    python = str(prepared.repo / ".venv/bin/python")
+    package = prepared.answers["package_name"]
+    reconcile = [python, "-m", f"{package}.ops", "reconcile", "--env", staging, "--skip-deploy"]
+    # IMAGE_TAG as the Makefile sets it: the preflight checks every variable prefect.yaml reads.
+    tag = git("rev-parse", "--short=12", "HEAD", cwd=prepared.repo).strip()
+    return run(reconcile, cwd=prepared.repo, env={**deploy_env, "IMAGE_TAG": tag}, timeout=600)
+
+
 def assert_cached_per_environment(
-    stack: DockerStack, prepared: Rendered, deploy_env: dict[str, str], first_run: str, log: Path
+    stack: DockerStack, prepared: Rendered, staging_output: str, first_run: str, log: Path
 ) -> None:
     """The first dev run computed its batches into dev's S3 folder; a second dev run takes
     them from there (Cached); a staging run, its own block and folder, computes them.
@@ -249,17 +271,13 @@ def assert_cached_per_environment(
     assert computed and set(computed) == {"Completed"}, computed
     stored = results_in(stack.moto, dev)
     assert stored, f"no results under s3://{RESULTS_BUCKET}/{dev}/"
+    assert not results_in(stack.moto, staging)
     deployment = api(f"{api_url}/deployments/name/{slug}/{dev}")
     again = transform_states(api_url, run_and_wait(api_url, deployment, stack.moto, log))
     assert again and set(again) == {"Cached"}, again
 
-    docker.provide_secret_for(prepared.answers, staging, stack.moto)
-    python = str(prepared.repo / ".venv/bin/python")
-    package = prepared.answers["package_name"]
-    reconcile = [python, "-m", f"{package}.ops", "reconcile", "--env", staging, "--skip-deploy"]
-    output = run(reconcile, cwd=prepared.repo, env=deploy_env, timeout=600)
-    assert f"create  block        s3-bucket/{slug}-{staging}-results" in output, output
-    assert not results_in(stack.moto, staging)
+    block = f"s3-bucket/{slug}-{staging}-results"
+    assert f"create  block        {block}" in staging_output, staging_output
     other_run = run_and_wait(api_url, deployment, stack.moto, log, environment=staging)
     other = transform_states(api_url, other_run)
     assert other and set(other) == {"Completed"}, other

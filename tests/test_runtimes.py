@@ -402,7 +402,7 @@ def test_makefile_builds_the_image_of_the_commit(rendered: Callable[..., Path]) 
     dry = subprocess.run(
         ["make", "-n", "image"], cwd=repo, env=env, capture_output=True, text=True, check=True
     )
-    assert dry.stdout.strip() == f"docker build --tag {IMAGE}:0123456789ab ."
+    assert dry.stdout.strip() == f"docker build --platform linux/amd64 --tag {IMAGE}:0123456789ab ."
     helped = subprocess.run(["make", "help"], cwd=repo, capture_output=True, text=True, check=True)
     assert "make image" in helped.stdout
     process = subprocess.run(
