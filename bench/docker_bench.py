@@ -28,7 +28,7 @@ from typing import Any
 from tests.e2e import docker
 from tests.e2e.demo import api, wait_for_final_state
 from tests.e2e.server import running_server, running_worker
-from tests.rendering import git, render, run, snapshot_template, sync
+from tests.rendering import commit_lock, git, render, run, snapshot_template, sync
 
 PREFECT_VERSION = "3.9.1"
 BUDGET = 1.3
@@ -164,6 +164,7 @@ def side_by_side(workdir: Path, template: Path, pipeline_first: bool, timeout: f
         start = time.perf_counter()
         repo = render(template, workdir / "pipeline", answers)
         env = sync(repo)
+        commit_lock(repo)
         figures.pipeline["render + uv sync"] = time.perf_counter() - start
         settings = {**answers, "secret_backend": "env", "project_slug": "sales-etl"}
         prefect = repo / ".venv" / "bin" / "prefect"
@@ -211,6 +212,7 @@ def code_only_change(workdir: Path, timeout: float) -> tuple[float, int, int, st
         }
         repo = render(snapshot_template(workdir / "template"), workdir / "pipeline", answers)
         env = sync(repo)
+        commit_lock(repo)
         settings = {**answers, "secret_backend": "env", "project_slug": "sales-etl"}
         prefect = repo / ".venv" / "bin" / "prefect"
         server = services.enter_context(

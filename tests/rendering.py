@@ -151,6 +151,13 @@ def sync(repo: Path) -> dict[str, str]:
     return env
 
 
+def commit_lock(repo: Path) -> None:
+    """Commit the uv.lock `sync` wrote, as `make setup` asks: an image is built only from a
+    committed tree (ops/image.py counts an untracked file as a change)."""
+    git("add", "uv.lock", cwd=repo)
+    git("commit", "-q", "-m", "Lock the dependencies", cwd=repo)
+
+
 def run_checks(repo: Path, *, pytest: bool = True) -> dict[str, str]:
     """The generated repository's own checks: ruff check, ruff format --check, pytest.
 

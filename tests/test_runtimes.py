@@ -240,6 +240,20 @@ def test_prefect_yaml_fits_prefects_model_and_its_steps_exist(
         assert (repo / "src" / f"{module.replace('.', '/')}.py").is_file(), module
 
 
+@pytest.mark.parametrize("runtime", CONTAINER_RUNTIMES)
+def test_the_image_is_built_for_linux_amd64_and_docker_runs_ask_for_it(
+    rendered: Callable[..., Path], runtime: str
+) -> None:
+    """Whatever the deploying machine's architecture (ops/image.py builds for this platform)."""
+    repo = rendered(runtime)
+    build = load_yaml(repo / "prefect.yaml")["build"][0]
+    assert build["prefect_docker.deployments.steps.build_docker_image"]["platform"] == "linux/amd64"
+    if runtime == "docker":
+        for deployment in deployments(repo):
+            variables = deployment["work_pool"]["job_variables"]
+            assert variables["container_create_kwargs"] == {"platform": "linux/amd64"}
+
+
 @pytest.mark.parametrize("task_runner", ["dask", "ray"])
 @pytest.mark.parametrize("runtime", ["kubernetes", "ecs"])
 def test_flow_runs_have_cpus_to_fan_out_on(
@@ -388,7 +402,7 @@ def test_makefile_builds_the_image_of_the_commit(rendered: Callable[..., Path]) 
     dry = subprocess.run(
         ["make", "-n", "image"], cwd=repo, env=env, capture_output=True, text=True, check=True
     )
-    assert dry.stdout.strip() == f"docker build --tag {IMAGE}:0123456789ab ."
+    assert dry.stdout.strip() == f"docker build --platform linux/amd64 --tag {IMAGE}:0123456789ab ."
     helped = subprocess.run(["make", "help"], cwd=repo, capture_output=True, text=True, check=True)
     assert "make image" in helped.stdout
     process = subprocess.run(

@@ -184,6 +184,12 @@ def provide_secret(repo: Path, answers: dict[str, Any], moto: str) -> dict[str, 
         return {"PIPELINE_SECRETS_DIR": str(secrets)}
     if answers["secret_backend"] != "aws-secrets-manager":
         raise ValueError("the Docker runs cover secret_backend env and aws-secrets-manager")
+    provide_secret_for(answers, answers["environments"][0], moto)
+    return {"AWS_DEFAULT_REGION": AWS_REGION}
+
+
+def provide_secret_for(answers: dict[str, Any], environment: str, moto: str) -> None:
+    """The warehouse DSN of one environment in moto's Secrets Manager."""
     client = boto3.client(
         "secretsmanager",
         endpoint_url=moto,
@@ -191,9 +197,8 @@ def provide_secret(repo: Path, answers: dict[str, Any], moto: str) -> dict[str, 
         aws_access_key_id="test-only",
         aws_secret_access_key="test-only",  # moto accepts any key
     )
-    secret_id = f"{answers['project_slug']}/{answers['environments'][0]}/warehouse-dsn"
+    secret_id = f"{answers['project_slug']}/{environment}/warehouse-dsn"
     client.create_secret(Name=secret_id, SecretString=WAREHOUSE_DSN)
-    return {"AWS_DEFAULT_REGION": AWS_REGION}
 
 
 def run_overrides(deployment: dict[str, Any], moto: str) -> dict[str, Any]:

@@ -19,7 +19,16 @@ from typing import Any
 from tests.e2e import docker
 from tests.e2e.demo import DemoResult, Steps, api, read_artifact, wait_for_final_state
 from tests.e2e.server import running_server, running_worker
-from tests.rendering import BIN, answers_of, git, render, run, snapshot_template, sync
+from tests.rendering import (
+    BIN,
+    answers_of,
+    commit_lock,
+    git,
+    render,
+    run,
+    snapshot_template,
+    sync,
+)
 
 
 def container_of(flow_run: dict[str, Any]) -> str:
@@ -58,6 +67,7 @@ def docker_demo(workdir: Path, answers: dict[str, Any], timeout: float = 300) ->
             print(f"      where: {repo}", flush=True)
         with steps.step("Install the generated repository (uv sync)"):
             env = sync(repo)
+            commit_lock(repo)
         with steps.step("Start a local Prefect server (SQLite, 127.0.0.1)"):
             prefect = repo / ".venv" / "bin" / "prefect"
             server = services.enter_context(

@@ -27,7 +27,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--env", required=True, help="the environment, as in config/<env>.yaml")
     run.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     run.add_argument(
-        "--skip-deploy", action="store_true", help="pools, limits and automations: no deployments"
+        "--skip-deploy",
+        action="store_true",
+        help="pools, limits, results block and automations: no deployments",
     )
     run.add_argument(
         "--prune",

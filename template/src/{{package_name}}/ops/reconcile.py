@@ -40,6 +40,7 @@ from .deployments import (
 from .flows import all_deployments, team_deployments
 from .ownership import read_owner, record_owner, refusal
 from .prefect_cli import run_prefect
+from .results import desired_block, fields_of, saved_fields
 from .state import DesiredState
 
 
@@ -170,6 +171,26 @@ def plan_global_limits(client: SyncPrefectClient, state: DesiredState) -> list[C
                 )
             )
     return changes
+
+
+def plan_result_storage(state: DesiredState) -> list[Change]:
+    """The environment's results block, when config/<env>.yaml declares one."""
+    if not state.result_storage:
+        return []
+    slug, block = desired_block(state.project, state.environment, state.result_storage)
+    saved = saved_fields(slug)
+    if saved == fields_of(block):
+        return []
+    name = slug.partition("/")[2]
+    return [
+        Change(
+            "block",
+            slug,
+            "create" if saved is None else "update",
+            "results of the cached tasks",
+            lambda: block.save(name, overwrite=True),
+        )
+    ]
 
 
 def plan_deployments(
@@ -331,8 +352,9 @@ def reconcile(
 ) -> int:
     """Print the plan, then apply it unless dry_run; returns the number of changes.
 
-    Order: work pools and limits (deployments need their pool), automations, deployments,
-    deletions last, so a failure part-way never leaves a deployment without its pool.
+    Order: work pools, limits and the results block (deployments need them), automations,
+    deployments, deletions last, so a failure part-way never leaves a deployment without its
+    pool.
     """
     print(f"Plan for '{state.environment}':")
     with get_client(sync_client=True) as client, deploy_environment(root):
@@ -340,6 +362,7 @@ def reconcile(
             plan_work_pools(client, state)
             + plan_tag_limits(client, state)
             + plan_global_limits(client, state)
+            + plan_result_storage(state)
         )
         automation_changes, unchanged = plan_automations(client, state, prune=prune)
         changes += automation_changes

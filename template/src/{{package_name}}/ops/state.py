@@ -68,6 +68,9 @@ class DesiredState:
     automations: list[Automation] = field(default_factory=list)
     # prefect.yaml's top level: the build, push and pull steps deployments inherit.
     project_file: dict[str, Any] = field(default_factory=dict, repr=False)
+    # config/<env>.yaml's result_storage: the storage block of its results, or None for a
+    # local directory (ops/results.py).
+    result_storage: dict[str, Any] | None = None
 
     @property
     def project_tag(self) -> str:
@@ -163,4 +166,5 @@ def read_state(environment: str, root: Path) -> DesiredState:
         deployments=deployments,
         automations=read_automations(environment, project["name"], orchestration),
         project_file={k: v for k, v in project.items() if k != "deployments"},
+        result_storage=read_yaml(root / "config" / f"{environment}.yaml").get("result_storage"),
     )

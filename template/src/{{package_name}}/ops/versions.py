@@ -70,8 +70,9 @@ def head_version(root: Path) -> str:
 
 
 def dirty_files(root: Path) -> list[str]:
-    """Tracked files that differ from HEAD: an image built now would not be HEAD's."""
-    result = git(root, "status", "--porcelain", "--untracked-files=no")
+    """Files that differ from HEAD, untracked ones included (not the ignored): an image built
+    now would not be HEAD's, since the build context copies whatever is in src/, config/..."""
+    result = git(root, "status", "--porcelain", "--untracked-files=all")
     if result.returncode != 0:
         raise ConfigError(f"git status failed in {root}: {result.stderr.strip()}")
     return [line[3:] for line in result.stdout.splitlines()]
