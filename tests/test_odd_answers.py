@@ -171,7 +171,7 @@ def test_odd_answers_read_back_as_typed(odd_repos: dict[str, Path], name: str) -
     orchestration = files["config/orchestration.yaml"][0]
     assert orchestration["tag_limits"] == (answers["concurrency_limits"] or {})
     failed = orchestration["automations"]["failed-runs"]["description"]
-    assert failed == f"A flow run of {project_name} failed or crashed"
+    assert failed == f"A flow run of {project_name} failed"
 
     package = repo / "src" / answers["package_name"]
     docstring = ast.get_docstring(ast.parse((package / "__init__.py").read_text()), clean=False)

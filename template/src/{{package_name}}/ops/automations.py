@@ -1,8 +1,11 @@
 """The automations config/orchestration.yaml declares, as the server should hold them.
 
 Each one is named <project>/<env>/<key>, tagged project:<project> and env:<env> (so reconcile
-finds its own and never another project's), and scoped to this project's flow runs in the
-environment: reconcile adds the related-resource match on both tags to an event trigger.
+finds its own and never another project's), and scoped to this project's objects in the
+environment: reconcile adds the related-resource match on both tags to a flow-run trigger, and
+matches a `scope: work-pools` trigger on the environment's pool names. A send-notification
+action without `block_document` sends through the environment's notification target
+(ops/notifications.py).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 from copy import deepcopy
 from typing import Any
+from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.events.schemas.automations import Automation as ServerAutomation
@@ -21,13 +25,21 @@ from .._internal.config import ConfigError
 from .state import Automation, DesiredState
 
 # Keys of config/orchestration.yaml's automation entries that are ours, not Prefect's.
-LOCAL_KEYS = {"environments"}
+LOCAL_KEYS = {"environments", "scope", "grace_seconds"}
+SCOPES = ("flow-runs", "work-pools", "scheduled-deployments")
 
 
-def scoped_trigger(trigger: dict[str, Any], state: DesiredState) -> dict[str, Any]:
+def scoped_trigger(
+    trigger: dict[str, Any], state: DesiredState, scope: str = "flow-runs"
+) -> dict[str, Any]:
     trigger = deepcopy(trigger)
     if trigger.get("type", "event") != "event":
         return trigger  # compound and sequence triggers: scope their event triggers yourself
+    if scope == "work-pools":
+        # Pool events carry no tags: the pools are this environment's by name.
+        match = dict(trigger.get("match") or {})
+        match["prefect.resource.name"] = sorted(state.work_pools)
+        return {**trigger, "match": match}
     related = trigger.get("match_related") or []
     related = [related] if isinstance(related, dict) else list(related)
     related += [
@@ -38,12 +50,20 @@ def scoped_trigger(trigger: dict[str, Any], state: DesiredState) -> dict[str, An
 
 
 def resolve_action(
-    client: SyncPrefectClient, action: dict[str, Any], automation: Automation
-) -> dict[str, Any]:
+    client: SyncPrefectClient,
+    action: dict[str, Any],
+    automation: Automation,
+    alerts_block: UUID | None = None,
+) -> dict[str, Any] | None:
     """`block_document: <block-type-slug>/<name>` stands for the block's id, which differs
-    from one server to the next."""
+    from one server to the next; a send-notification without it goes to alerts_block, the
+    environment's target, and is left out (None) while the environment has none."""
     action = dict(action)
     reference = action.pop("block_document", None)
+    if reference is None and action.get("type") == "send-notification":
+        if "block_document_id" in action:
+            return action
+        return None if alerts_block is None else {**action, "block_document_id": str(alerts_block)}
     if reference is None:
         return action
     block_type, _, name = str(reference).partition("/")
@@ -57,12 +77,32 @@ def resolve_action(
     return {**action, "block_document_id": str(block.id)}
 
 
+def labelled(action: dict[str, Any], state: DesiredState) -> dict[str, Any]:
+    """A notification's subject starts with [<project>/<env>]: one channel serves many."""
+    if action.get("type") != "send-notification":
+        return action
+    prefix = f"[{state.project}/{state.environment}]"
+    subject = str(action.get("subject") or "Prefect automation fired")
+    return {**action, "subject": f"{prefix} {subject}"}
+
+
 def desired_automation(
-    client: SyncPrefectClient, automation: Automation, state: DesiredState
+    client: SyncPrefectClient,
+    automation: Automation,
+    state: DesiredState,
+    alerts_block: UUID | None = None,
 ) -> AutomationCore:
     spec = {k: v for k, v in automation.spec.items() if k not in LOCAL_KEYS}
-    spec["trigger"] = scoped_trigger(spec["trigger"], state)
-    spec["actions"] = [resolve_action(client, a, automation) for a in spec.get("actions") or []]
+    spec["trigger"] = scoped_trigger(
+        spec["trigger"], state, automation.spec.get("scope") or "flow-runs"
+    )
+    resolved = [
+        resolve_action(client, a, automation, alerts_block) for a in spec.get("actions") or []
+    ]
+    # Without a target an automation still records each firing in the event feed.
+    spec["actions"] = [labelled(a, state) for a in resolved if a is not None] or [
+        {"type": "do-nothing"}
+    ]
     try:
         return AutomationCore.model_validate(
             {

@@ -27,6 +27,7 @@ from prefect.client.schemas.actions import (
     WorkPoolCreate,
     WorkPoolUpdate,
 )
+from prefect.events.schemas.automations import AutomationCore
 from prefect.exceptions import ObjectNotFound
 
 from .automations import desired_automation, diff_automation, project_automations
@@ -36,9 +37,10 @@ from .deployments import (
     flow_names,
     project_deployments,
 )
+from .notifications import block_data, current_block, read_target, target_block
 from .ownership import read_owner, record_owner, refusal
 from .prefect_cli import run_prefect
-from .state import DesiredState
+from .state import Automation, DesiredState
 
 
 @dataclass(frozen=True)
@@ -217,13 +219,74 @@ def delete_deployment(client: SyncPrefectClient, deployment_id: UUID) -> None:
     client.delete_deployment(deployment_id)
 
 
+# Stands for a notification block the plan creates: its id exists once it is saved.
+UNSAVED_BLOCK = UUID(int=0)
+
+
+def plan_notifications(
+    client: SyncPrefectClient, state: DesiredState
+) -> tuple[list[Change], UUID | None]:
+    """The environment's notification block, made from its secret, and the id automations send
+    to (UNSAVED_BLOCK until a new block is saved; None while the environment has no target).
+    A missing secret is a warning: the automations still record each firing."""
+    from ..secrets import SecretError
+
+    target = state.notifications
+    if target is None:
+        return [], None
+    current = current_block(client, target)
+    try:
+        value = read_target(target, state.environment)
+    except SecretError as error:
+        if current is not None:
+            print(f"  note: {error} Keeping notification block {target.reference} as it is.")
+            return [], current._block_document_id
+        print(
+            f"  warning: '{state.environment}' has no notification target: {error} "
+            "Until it exists, automations record their firings in the event feed and notify "
+            "no one (README.md, 'Observability')."
+        )
+        return [], None
+    desired = target_block(target, value)
+    if current is not None and block_data(current) == block_data(desired):
+        return [], current._block_document_id
+    change = Change(
+        "notification",
+        target.reference,
+        "create" if current is None else "update",
+        f"from secret '{target.secret}'",
+        lambda: desired.save(target.block_name, overwrite=True, _sync=True),  # type: ignore[call-overload]
+    )
+    return [change], current._block_document_id if current is not None else UNSAVED_BLOCK
+
+
+def saved_block_id(
+    client: SyncPrefectClient, state: DesiredState, planned: UUID | None
+) -> UUID | None:
+    """The notification block's id at apply time, when the plan could only promise one."""
+    if planned != UNSAVED_BLOCK or state.notifications is None:
+        return planned
+    block = current_block(client, state.notifications)
+    return None if block is None else block._block_document_id
+
+
 def plan_automations(
-    client: SyncPrefectClient, state: DesiredState, *, prune: bool
+    client: SyncPrefectClient,
+    state: DesiredState,
+    *,
+    prune: bool,
+    alerts_block: UUID | None = None,
 ) -> tuple[list[Change], int]:
     changes, unchanged = [], 0
     existing = project_automations(client, state)
+
+    def applied(automation: Automation) -> AutomationCore:
+        return desired_automation(
+            client, automation, state, saved_block_id(client, state, alerts_block)
+        )
+
     for automation in state.automations:
-        desired = desired_automation(client, automation, state)
+        desired = desired_automation(client, automation, state, alerts_block)
         current = existing.get(automation.name)
         action, fields = diff_automation(desired, current)
         if action == "unchanged":
@@ -235,7 +298,7 @@ def plan_automations(
                     automation.name,
                     "create",
                     f"on {', '.join(sorted(getattr(desired.trigger, 'expect', [])))}",
-                    lambda desired=desired: client.create_automation(desired),
+                    lambda a=automation: client.create_automation(applied(a)),
                 )
             )
         else:
@@ -245,7 +308,7 @@ def plan_automations(
                     automation.name,
                     "update",
                     ", ".join(fields),
-                    lambda i=current.id, desired=desired: client.update_automation(i, desired),
+                    lambda i=current.id, a=automation: client.update_automation(i, applied(a)),
                 )
             )
     declared = {a.name for a in state.automations}
@@ -335,8 +398,11 @@ def reconcile(
             + plan_tag_limits(client, state)
             + plan_global_limits(client, state)
         )
-        automation_changes, unchanged = plan_automations(client, state, prune=prune)
-        changes += automation_changes
+        notification_changes, alerts_block = plan_notifications(client, state)
+        automation_changes, unchanged = plan_automations(
+            client, state, prune=prune, alerts_block=alerts_block
+        )
+        changes += notification_changes + automation_changes
         if not skip_deploy:
             deployment_changes, unchanged_deployments = plan_deployments(
                 client, state, root, prune=prune

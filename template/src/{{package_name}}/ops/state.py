@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from prefect.workers.base import BaseWorker
 
 from .._internal.config import ConfigError, read_yaml
+from .notifications import Notifications, read_notifications
 
 if TYPE_CHECKING:
     from prefect.flows import Flow
@@ -64,6 +65,7 @@ class DesiredState:
     global_limits: list[GlobalLimit]
     deployments: list[Deployment] = field(default_factory=list)
     automations: list[Automation] = field(default_factory=list)
+    notifications: Notifications | None = None
     # prefect.yaml's top level: the build, push and pull steps deployments inherit.
     project_file: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -113,8 +115,70 @@ def flow_name_of(entrypoint: str, root: Path) -> str:
     return load_flow(entrypoint, root).name
 
 
+def schedule_gap_seconds(schedules: list[dict[str, Any]]) -> int | None:
+    """The longest wait between two runs of a deployment's active schedules (cron: over its
+    next 50 firings), or None when no schedule is active."""
+    import asyncio
+    from itertools import pairwise
+
+    from prefect.server.schemas.schedules import CronSchedule
+
+    gaps = []
+    for schedule in schedules:
+        if not schedule.get("active", True):
+            continue
+        if "interval" in schedule:
+            gaps.append(int(float(schedule["interval"])))
+        elif "cron" in schedule:
+            cron = CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone") or "UTC")
+            times = asyncio.run(cron.get_dates(n=51))
+            gaps.append(max(int((b - a).total_seconds()) for a, b in pairwise(times)))
+        else:
+            raise ConfigError(
+                f"schedule {schedule} is neither cron nor interval: a scheduled-deployments "
+                "automation cannot size its window."
+            )
+    return max(gaps) if gaps else None
+
+
+def per_scheduled_deployment(
+    key: str, spec: dict[str, Any], project: str, environment: str, deployments: list[Deployment]
+) -> list[Automation]:
+    """One automation per deployment with an active schedule, its window the schedule's longest
+    gap plus grace_seconds, matched on the deployment's flow and name."""
+    automations = []
+    for deployment in deployments:
+        gap = schedule_gap_seconds(deployment.spec.get("schedules") or [])
+        if gap is None:
+            continue
+        trigger = dict(spec["trigger"])
+        trigger["within"] = gap + int(spec.get("grace_seconds") or 0)
+        trigger["match_related"] = [
+            *(trigger.get("match_related") or []),
+            {"prefect.resource.role": "flow", "prefect.resource.name": deployment.flow_name},
+            {"prefect.resource.role": "deployment", "prefect.resource.name": deployment.name},
+        ]
+        actions = [
+            {**a, "subject": f"{a.get('subject') or key}: {deployment.full_name}"}
+            if a.get("type") == "send-notification"
+            else a
+            for a in spec.get("actions") or []
+        ]
+        automations.append(
+            Automation(
+                key=f"{key}/{deployment.flow_name}",
+                name=f"{project}/{environment}/{key}/{deployment.flow_name}",
+                spec={**spec, "trigger": trigger, "actions": actions, "scope": "flow-runs"},
+            )
+        )
+    return automations
+
+
 def read_automations(
-    environment: str, project: str, orchestration: dict[str, Any]
+    environment: str,
+    project: str,
+    orchestration: dict[str, Any],
+    deployments: list[Deployment] | None = None,
 ) -> list[Automation]:
     """config/orchestration.yaml's automations that apply to `environment` (all by default)."""
     automations = []
@@ -123,7 +187,13 @@ def read_automations(
             raise ConfigError(
                 f"config/orchestration.yaml: automation '{key}' needs a 'trigger' mapping."
             )
-        if environment in (spec.get("environments") or [environment]):
+        if environment not in (spec.get("environments") or [environment]):
+            continue
+        if spec.get("scope") == "scheduled-deployments":
+            automations += per_scheduled_deployment(
+                key, spec, project, environment, deployments or []
+            )
+        else:
             automations.append(
                 Automation(key=key, name=f"{project}/{environment}/{key}", spec=spec)
             )
@@ -159,6 +229,7 @@ def read_state(environment: str, root: Path) -> DesiredState:
             for name, spec in (orchestration.get("global_limits") or {}).items()
         ],
         deployments=deployments,
-        automations=read_automations(environment, project["name"], orchestration),
+        automations=read_automations(environment, project["name"], orchestration, deployments),
+        notifications=read_notifications(environment, project["name"], orchestration),
         project_file={k: v for k, v in project.items() if k != "deployments"},
     )

@@ -21,8 +21,9 @@ from prefect.client.schemas.schedules import CronSchedule
 from prefect.events.schemas.automations import AutomationCore
 from pydantic import BaseModel, ValidationError
 
-from .._internal.config import environment_names, read_yaml
-from .automations import LOCAL_KEYS
+from .._internal.config import ConfigError, environment_names, read_yaml
+from .automations import LOCAL_KEYS, SCOPES
+from .notifications import read_notifications
 from .state import base_job_template
 
 EXTRA_TOP_LEVEL_KEYS = {"definitions"}
@@ -75,6 +76,12 @@ def check_deployment(spec: dict[str, Any], variables: set[str]) -> list[str]:
     return problems
 
 
+def sends_to_a_block(action: dict[str, Any]) -> bool:
+    return "block_document" in action or (
+        action.get("type") == "send-notification" and "block_document_id" not in action
+    )
+
+
 def check_automations(orchestration: dict[str, Any], environments: list[str]) -> list[str]:
     """Automations parse as Prefect's model; a named block is only looked up by reconcile."""
     problems = []
@@ -83,11 +90,14 @@ def check_automations(orchestration: dict[str, Any], environments: list[str]) ->
         if not isinstance(spec, dict):
             problems.append(f"{where} must be a mapping")
             continue
+        if spec.get("scope", "flow-runs") not in SCOPES:
+            problems.append(f"{where}: scope '{spec['scope']}' is not one of {', '.join(SCOPES)}")
         for env in sorted(set(spec.get("environments") or []) - set(environments)):
             problems.append(f"{where} names environment '{env}', which has no config/{env}.yaml")
+        # A block's id exists only on a server: a stand-in for a named block or the target.
         actions = [
             {k: v for k, v in action.items() if k != "block_document"}
-            | ({"block_document_id": str(UUID(int=0))} if "block_document" in action else {})
+            | ({"block_document_id": str(UUID(int=0))} if sends_to_a_block(action) else {})
             for action in spec.get("actions") or []
         ]
         fields = {k: v for k, v in spec.items() if k not in LOCAL_KEYS}
@@ -96,6 +106,17 @@ def check_automations(orchestration: dict[str, Any], environments: list[str]) ->
         except ValidationError as error:
             problems.append(f"{where} is invalid: {error}")
     return problems
+
+
+def check_notifications(orchestration: dict[str, Any], environments: list[str]) -> list[str]:
+    """Each environment's notification target names a block type reconcile can make."""
+    problems = []
+    for environment in environments:
+        try:
+            read_notifications(environment, "project", orchestration)
+        except ConfigError as error:
+            problems.append(str(error))
+    return sorted(set(problems))
 
 
 def validate(root: Path) -> list[str]:
@@ -112,6 +133,7 @@ def validate(root: Path) -> list[str]:
         problems.append(f"prefect.yaml does not match Prefect's model: {error}")
     orchestration = read_yaml(root / "config" / "orchestration.yaml")
     problems += check_automations(orchestration, environment_names(root / "config"))
+    problems += check_notifications(orchestration, environment_names(root / "config"))
     template = base_job_template(orchestration, root)
     variables = set(template["variables"]["properties"])
     deployed_envs = set()
