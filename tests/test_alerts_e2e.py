@@ -20,6 +20,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,12 +57,13 @@ class Receiver:
     """What the webhook on 127.0.0.1 received: one JSON body per notification."""
 
     url: str
-    bodies: list[dict[str, Any]] = field(default_factory=list)
+    # (time.monotonic() when it arrived, the body)
+    received: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def naming(self, *words: str) -> list[dict[str, Any]]:
+    def naming(self, *words: str) -> list[tuple[float, dict[str, Any]]]:
         with self.lock:
-            return [b for b in self.bodies if all(w in json.dumps(b) for w in words)]
+            return [(t, b) for t, b in self.received if all(w in json.dumps(b) for w in words)]
 
 
 @contextlib.contextmanager
@@ -73,7 +75,7 @@ def webhook_receiver() -> Iterator[Receiver]:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}")
             with receiver.lock:
-                receiver.bodies.append(body)
+                receiver.received.append((time.monotonic(), body))
             self.send_response(200)
             self.end_headers()
 
@@ -128,25 +130,28 @@ def alerting(default_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     workdir = tmp_path_factory.mktemp("alerts")
     repo = shutil.copytree(default_repo, workdir / "pipeline")
     tune_windows(repo)
-    env = sync(repo)
     answers = answers_of(repo)
     slug, environment = answers["project_slug"], answers["environments"][0]
-    prefect = repo / ".venv" / "bin" / "prefect"
+    # The server (this suite's Prefect, the version the template pins) starts while the
+    # repository installs: the two waits overlap.
+    server_env = {**os.environ, **SERVER_SETTINGS}
     with (
+        ThreadPoolExecutor(max_workers=1) as installing,
         webhook_receiver() as receiver,
-        running_server(
-            prefect, workdir / "home", workdir / "server.log", {**env, **SERVER_SETTINGS}
-        ) as server,
     ):
-        # The CI secret of the env backend; nothing else holds the target.
-        deploy_env = {**env, **server.env(), "ALERTS_TARGET": receiver.url}
-        command = ["python", "-m", f"{answers['package_name']}.ops", "reconcile"]
-        output = run(
-            [str(BIN / "uv"), "run", *command, "--env", environment, "--skip-deploy"],
-            cwd=repo,
-            env=deploy_env,
+        synced = installing.submit(sync, repo)
+        server = running_server(
+            BIN / "prefect", workdir / "home", workdir / "server.log", server_env
         )
-        yield Alerting(repo, {**env, **server.env()}, server, receiver, slug, environment, output)
+        with server as server:
+            env = synced.result(timeout=900)
+            # The CI secret of the env backend; nothing else holds the target.
+            deploy_env = {**env, **server.env(), "ALERTS_TARGET": receiver.url}
+            python = str(repo / ".venv" / "bin" / "python")
+            command = [python, "-m", f"{answers['package_name']}.ops", "reconcile"]
+            output = run([*command, "--env", environment, "--skip-deploy"], repo, deploy_env)
+            env = {**env, **server.env()}
+            yield Alerting(repo, env, server, receiver, slug, environment, output)
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
@@ -158,10 +163,12 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float = 120) -> Any
 
 
 def exactly_one(alerting: Alerting, what: str, *words: str) -> dict[str, Any]:
-    """The one notification naming all of `words`, after time for a duplicate to arrive."""
-    wait_until(f"notification of {what}", lambda: alerting.receiver.naming(*words))
-    time.sleep(SETTLE_SECONDS)
-    found = alerting.receiver.naming(*words)
+    """The one notification naming all of `words`, once a duplicate has had time to arrive."""
+    ((first, _), *_) = wait_until(
+        f"notification of {what}", lambda: alerting.receiver.naming(*words)
+    )
+    time.sleep(max(0.0, first + SETTLE_SECONDS - time.monotonic()))
+    found = [body for _, body in alerting.receiver.naming(*words)]
     assert len(found) == 1, f"{len(found)} notifications of {what}: {found}"
     (body,) = found
     assert body["subject"].startswith(alerting.label), body
@@ -205,32 +212,6 @@ with tags(*TAGS):
     print(failing(return_state=True).type.value)
 """
 
-
-def test_a_failed_run_is_notified_once(alerting: Alerting) -> None:
-    process = run_flow_script(alerting, FAILING)
-    output, _ = process.communicate(timeout=300)
-    assert "FAILED" in output.split(), output
-    body = exactly_one(alerting, "the failed run", "alerts-failed-run", "failed")
-    assert "planned failure" in body["body"]
-
-
-def test_a_late_run_is_notified_once(alerting: Alerting) -> None:
-    """A run due a minute ago that no worker takes: Prefect marks it Late, and it stays so."""
-    flow = api(f"{alerting.api_url}/flows/", {"name": "alerts-late"})
-    due = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
-    api(
-        f"{alerting.api_url}/flow_runs/",
-        {
-            "flow_id": flow["id"],
-            "name": "alerts-late-run",
-            "tags": [f"project:{alerting.slug}", f"env:{alerting.environment}"],
-            "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": due}},
-        },
-    )
-    body = exactly_one(alerting, "the late run", "alerts-late-run", "late")
-    assert "has not started" in body["body"]
-
-
 SLEEPING = """
 import time
 
@@ -243,6 +224,31 @@ def sleeping() -> None:
 with tags(*TAGS):
     sleeping()
 """
+
+
+def fail_a_run(alerting: Alerting) -> str:
+    process = run_flow_script(alerting, FAILING)
+    try:
+        output, _ = process.communicate(timeout=300)
+    finally:
+        stop(process)  # type: ignore[arg-type]
+    return output
+
+
+def make_a_late_run(alerting: Alerting) -> str:
+    """A run due a minute ago that no worker takes: Prefect marks it Late, and it stays so."""
+    flow = api(f"{alerting.api_url}/flows/", {"name": "alerts-late"})
+    due = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    flow_run = api(
+        f"{alerting.api_url}/flow_runs/",
+        {
+            "flow_id": flow["id"],
+            "name": "alerts-late-run",
+            "tags": [f"project:{alerting.slug}", f"env:{alerting.environment}"],
+            "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": due}},
+        },
+    )
+    return flow_run["id"]
 
 
 def heartbeats_of(alerting: Alerting, flow_run_id: str) -> list[dict[str, Any]]:
@@ -259,9 +265,8 @@ def heartbeats_of(alerting: Alerting, flow_run_id: str) -> list[dict[str, Any]]:
     return events["events"]
 
 
-def test_a_killed_run_is_marked_crashed_by_its_missing_heartbeats_and_notified_once(
-    alerting: Alerting,
-) -> None:
+def kill_a_run(alerting: Alerting) -> str:
+    """A flow run that sends heartbeats every 30 s, SIGKILLed once it has sent one."""
     process = run_flow_script(alerting, SLEEPING, PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30")
     try:
         (flow_run,) = wait_until(
@@ -273,20 +278,15 @@ def test_a_killed_run_is_marked_crashed_by_its_missing_heartbeats_and_notified_o
             ],
         )
         wait_until("heartbeat", lambda: heartbeats_of(alerting, flow_run["id"]))
-        os.killpg(process.pid, signal.SIGKILL)  # no Python code of the run gets to say goodbye
+        os.killpg(process.pid, signal.SIGKILL)  # no code of the run gets to report anything
         process.wait(30)
     finally:
         stop(process)  # type: ignore[arg-type]
-    body = exactly_one(alerting, "the killed run", "alerts-killed-run", "crashed")
-    crashed = api(f"{alerting.api_url}/flow_runs/{flow_run['id']}")
-    assert crashed["state"]["type"] == "CRASHED"
-    assert "heartbeat" in crashed["state"]["message"]
-    assert "heartbeat" in body["body"]
+    return flow_run["id"]
 
 
-def test_a_stopped_worker_leaves_its_pool_not_ready_and_that_is_notified_once(
-    alerting: Alerting,
-) -> None:
+def stop_a_worker(alerting: Alerting) -> str:
+    """A real process worker on the environment's pool, until the pool is READY; then stopped."""
     pool = f"{alerting.slug}-{alerting.environment}"
     prefect = alerting.repo / ".venv" / "bin" / "prefect"
     # A worker that heartbeats every 2 s is offline after 3 missed beats (the foreman's rule).
@@ -295,13 +295,57 @@ def test_a_stopped_worker_leaves_its_pool_not_ready_and_that_is_notified_once(
     with running_worker(
         [str(prefect), "worker", "start", "--pool", pool], alerting.repo, worker_env, log
     ):
-        wait_until(
-            "READY pool",
-            lambda: api(f"{alerting.api_url}/work_pools/{pool}")["status"] == "READY",
-        )
-    wait_until(
-        "NOT_READY pool",
-        lambda: api(f"{alerting.api_url}/work_pools/{pool}")["status"] == "NOT_READY",
-    )
+        wait_until("READY pool", lambda: pool_status(alerting, pool) == "READY")
+    return pool
+
+
+def pool_status(alerting: Alerting, pool: str) -> str:
+    return api(f"{alerting.api_url}/work_pools/{pool}")["status"]
+
+
+@pytest.fixture(scope="module")
+def incidents(alerting: Alerting) -> Iterator[dict[str, Future[str]]]:
+    """The four things that go wrong, all at once: their windows overlap, not add up."""
+    causes = {
+        "failed": fail_a_run,
+        "late": make_a_late_run,
+        "killed": kill_a_run,
+        "worker": stop_a_worker,
+    }
+    with ThreadPoolExecutor(max_workers=len(causes)) as pool:
+        yield {name: pool.submit(cause, alerting) for name, cause in causes.items()}
+
+
+def test_a_failed_run_is_notified_once(
+    incidents: dict[str, Future[str]], alerting: Alerting
+) -> None:
+    output = incidents["failed"].result(timeout=300)
+    assert "FAILED" in output.split(), output
+    body = exactly_one(alerting, "the failed run", "alerts-failed-run", "failed")
+    assert "planned failure" in body["body"]
+
+
+def test_a_late_run_is_notified_once(incidents: dict[str, Future[str]], alerting: Alerting) -> None:
+    incidents["late"].result(timeout=300)
+    body = exactly_one(alerting, "the late run", "alerts-late-run", "late")
+    assert "has not started" in body["body"]
+
+
+def test_a_killed_run_is_marked_crashed_by_its_missing_heartbeats_and_notified_once(
+    incidents: dict[str, Future[str]], alerting: Alerting
+) -> None:
+    flow_run_id = incidents["killed"].result(timeout=300)
+    body = exactly_one(alerting, "the killed run", "alerts-killed-run", "crashed")
+    crashed = api(f"{alerting.api_url}/flow_runs/{flow_run_id}")
+    assert crashed["state"]["type"] == "CRASHED"
+    assert "heartbeat" in crashed["state"]["message"]
+    assert "heartbeat" in body["body"]
+
+
+def test_a_stopped_worker_leaves_its_pool_not_ready_and_that_is_notified_once(
+    incidents: dict[str, Future[str]], alerting: Alerting
+) -> None:
+    pool = incidents["worker"].result(timeout=300)
+    wait_until("NOT_READY pool", lambda: pool_status(alerting, pool) == "NOT_READY")
     body = exactly_one(alerting, "the pool", pool, "not ready")
     assert "no online worker" in body["body"]
