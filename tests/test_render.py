@@ -14,8 +14,13 @@ from tests.rendering import answers_of, render
 
 # Templating that belongs to the generated files themselves: Prefect's deploy-time `{{ $VAR }}`,
 # `{{ prefect.* }}` and step outputs `{{ step-id.field }}`, its trigger templates `{{ event.* }}`,
-# and CI's `${{ ... }}`. (A work pool's base job template is all Prefect placeholders.)
-FOREIGN_TEMPLATING = re.compile(r"\$\{\{.*?\}\}|\{\{ \$[A-Z_]+ \}\}|\{\{ [a-z][\w-]*\.[\w.-]+ \}\}")
+# CI's `${{ ... }}`, automation messages' filters `{{ flow_run|ui_url }}` and the custom-webhook
+# block's own `{{subject}}`, `{{body}}`, `{{url}}`. (A work pool's base job template is all
+# Prefect placeholders.)
+FOREIGN_TEMPLATING = re.compile(
+    r"\$\{\{.*?\}\}|\{\{ \$[A-Z_]+ \}\}|\{\{ [a-z][\w-]*\.[\w.-]+ \}\}"
+    r"|\{\{ [a-z_]+\|[a-z_]+ \}\}|\{\{(?:subject|body|url)\}\}"
+)
 PREFECT_TEMPLATE_FILES = re.compile(r"base-job-template\.json$")
 
 

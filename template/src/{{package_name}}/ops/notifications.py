@@ -1,8 +1,8 @@
 """Each environment's notification target: one Prefect notification block, made from a secret.
 
 config/orchestration.yaml's `notifications:` names the block type (slack-webhook,
-ms-teams-webhook, pager-duty-webhook, sendgrid-email or custom-webhook) and the secret that
-holds the target (a webhook URL, an integration key, an API key). Reconcile reads the secret
+ms-teams-webhook, pager-duty-webhook, sendgrid-email or custom-webhook) and, as `target`, the
+secret that holds it (a webhook URL, an integration key, an API key). Reconcile reads the secret
 from this repository's secret backend with PIPELINE_ENV set to the environment, and saves the
 block <project>-<env>-alerts; the automations' send-notification actions send through it. The
 value goes from the backend into the block (which the server keeps encrypted), never into a
@@ -68,7 +68,8 @@ def read_notifications(
         )
     return Notifications(
         block_type=block_type,
-        secret=str(spec.get("secret") or "alerts-target"),
+        # `target`, not `secret`: the name of the secret in config/secrets.yaml, never a value.
+        secret=str(spec.get("target") or "alerts-target"),
         block_name=f"{project}-{environment}-alerts",
         fields=dict(spec.get("fields") or {}),
     )
@@ -102,7 +103,7 @@ def secret_fields(notifications: Notifications, value: str) -> dict[str, Any]:
             parsed = json.loads(value)
         except json.JSONDecodeError:
             raise ConfigError(
-                f"secret '{notifications.secret}' starts with '{{' but is not a JSON object."
+                f"secret '{notifications.secret}' starts with a brace but is not a JSON object."
             ) from None
         if isinstance(parsed, dict):
             return parsed
