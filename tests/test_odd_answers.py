@@ -169,7 +169,10 @@ def test_odd_answers_read_back_as_typed(odd_repos: dict[str, Path], name: str) -
         + ["config/orchestration.yaml", "config/secrets.yaml"]
     )
     orchestration = files["config/orchestration.yaml"][0]
-    assert orchestration["tag_limits"] == (answers["concurrency_limits"] or {})
+    assert orchestration["tag_limits"] == {
+        tag: dict.fromkeys(environments, limit)
+        for tag, limit in (answers["concurrency_limits"] or {}).items()
+    }
     failed = orchestration["automations"]["failed-runs"]["description"]
     assert failed == f"A flow run of {project_name} failed or crashed"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import select
 import shutil
 import subprocess
 import sys
@@ -57,6 +58,12 @@ class Pipeline:
     @property
     def slug(self) -> str:
         return self.answers["project_slug"]
+
+    @property
+    def first_tag_limit(self) -> tuple[str, int]:
+        """The first environment's own limit of the first tag: its server name and value."""
+        (tag, limit), *_ = self.answers["concurrency_limits"].items()
+        return f"{tag}-{self.environment}", limit
 
     def reconcile(self) -> str:
         package = self.answers["package_name"]
@@ -105,7 +112,7 @@ def test_reconcile_applies_then_finds_nothing_to_do(pipeline: Pipeline) -> None:
 
 @pytest.mark.slow
 def test_tag_limit_caps_concurrent_task_runs(pipeline: Pipeline) -> None:
-    (tag, limit), *_ = pipeline.answers["concurrency_limits"].items()
+    tag, limit = pipeline.first_tag_limit
     tasks = 2 * limit  # one thread each: two waves if the limit holds, one if it does not
     flow_run_id = start_bulk_flow(pipeline.server.api_url, pipeline.env, tag, tasks, 2.0)
     spans = task_spans(pipeline.server.api_url, flow_run_id)
@@ -118,7 +125,7 @@ def test_tag_limit_caps_concurrent_task_runs(pipeline: Pipeline) -> None:
 @pytest.mark.slow
 def test_bounded_fan_out_keeps_the_limit_and_comes_near_the_ideal(pipeline: Pipeline) -> None:
     """The example flow's map_under_limit: no task waits on the server's back-off for a slot."""
-    (tag, limit), *_ = pipeline.answers["concurrency_limits"].items()
+    tag, limit = pipeline.first_tag_limit
     tasks, seconds = 3 * limit, 2.0
     flow_run_id = start_bulk_flow(
         pipeline.server.api_url, pipeline.env, tag, tasks, seconds, bound=limit
@@ -232,3 +239,90 @@ def test_max_running_counts_touching_spans_apart() -> None:
     ]
     # (0, 2) ends as (2, 4) and (2, 5) start: three at once, never four.
     assert max_running(spans) == 3
+
+
+# Holds every slot of one environment's limit of `tag` (as a whole fan-out of that environment
+# would) until killed, through the generated package's own names and values.
+HOLD_LIMIT = """
+import sys, time
+from prefect.concurrency.sync import concurrency
+from {package}._internal.config import limit_name, tag_limit
+
+tag, environment = sys.argv[1], sys.argv[2]
+limit = tag_limit(tag, environment=environment)
+with concurrency("tag:" + limit_name(tag, environment), occupy=limit, strict=True):
+    print(f"holding {{limit}}", flush=True)
+    time.sleep(600)
+"""
+
+# One more slot of the held environment's limit: refused within 5 s, as it is full.
+ONE_MORE_SLOT = """
+import sys
+from prefect.concurrency.sync import concurrency
+from {package}._internal.config import limit_name
+
+try:
+    with concurrency("tag:" + limit_name(sys.argv[1], sys.argv[2]), timeout_seconds=5, strict=True):
+        print("acquired")
+except TimeoutError:
+    print("full")
+"""
+
+# The example flow itself, in one environment.
+RUN_ETL = """
+from {package}.flows.etl import etl
+
+print(etl(return_state=True).type.value)
+"""
+
+
+@pytest.mark.slow
+def test_a_dev_run_holding_its_whole_limit_does_not_delay_a_prod_run(pipeline: Pipeline) -> None:
+    package, dev = pipeline.answers["package_name"], pipeline.environment
+    prod = pipeline.answers["environments"][-1]
+    (tag, _limit), *_ = pipeline.answers["concurrency_limits"].items()
+    python = str(pipeline.repo / ".venv" / "bin" / "python")
+    uv = str(BIN / "uv")
+    reconcile_prod = ["python", "-m", f"{package}.ops", "reconcile", "--env", prod, "--skip-deploy"]
+    plan = run([uv, "run", *reconcile_prod], cwd=pipeline.repo, env=pipeline.env)
+    assert f"create  tag limit    {tag}-{prod}" in plan
+
+    def script(source: str, *args: str, environment: str, timeout: float = 300) -> str:
+        result = subprocess.run(
+            [python, "-c", source.format(package=package), *args],
+            cwd=pipeline.repo,
+            env={**pipeline.env, "PIPELINE_ENV": environment, "WAREHOUSE_DSN": warehouse},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout.strip().splitlines()[-1]
+
+    warehouse = f"sqlite:///{pipeline.repo / 'limits-warehouse.db'}"
+    holder = subprocess.Popen(
+        [python, "-c", HOLD_LIMIT.format(package=package), tag, dev],
+        cwd=pipeline.repo,
+        env={**pipeline.env, "PIPELINE_ENV": dev},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        # The holder prints one line once it holds the slots, or exits with an error.
+        ready, _, _ = select.select([holder.stdout], [], [], 120)
+        assert ready, "the dev run did not take its limit's slots within 120 s"
+        held = holder.stdout.readline()
+        assert held.startswith("holding"), held + (holder.stdout.read() if holder.poll() else "")
+        assert script(ONE_MORE_SLOT, tag, dev, environment=dev) == "full"
+        started = time.monotonic()
+        # About 20 s on 2 busy cores; a run waiting for dev's slots would wait for the holder.
+        assert script(RUN_ETL, environment=prod, timeout=240) == "COMPLETED"
+        elapsed = time.monotonic() - started
+        assert holder.poll() is None, "the dev holder let go before the prod run ended"
+        print(f"\nprod ETL with dev's '{tag}' limit full: Completed in {elapsed:.1f} s")
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)

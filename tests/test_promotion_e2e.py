@@ -10,6 +10,7 @@ and its runs are marked Completed through the API (no Docker worker can run them
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -220,3 +221,92 @@ def test_a_request_preview_opens_unscheduled_and_closes(setup: Setup) -> None:
     repo.make("preview-prune")
     assert preview_names(server, repo.slug) == set()
     assert repo.deployment(server, "dev")["name"] == "dev"
+
+
+def runs_of(server: Server, deployment_id: str) -> list[dict[str, Any]]:
+    return api(
+        f"{server.api_url}/flow_runs/filter",
+        {"deployments": {"id": {"any_": [deployment_id]}}, "sort": "START_TIME_DESC"},
+    )
+
+
+@pytest.mark.slow
+def test_a_smoke_run_is_small_and_starts_nothing_downstream_unless_its_environment_says_so(
+    setup: Setup, tmp_path: Path
+) -> None:
+    server, repo = setup.server, setup.process
+    repo.make("deploy", "ENV=dev")
+    publish = api(f"{server.api_url}/deployments/name/{repo.slug}-publish/dev")
+    published_before = len(runs_of(server, publish["id"]))
+    config = repo.path / "config" / "orchestration.yaml"
+    original = config.read_text(encoding="utf-8")
+    worker = [str(repo.path / ".venv" / "bin" / "prefect"), "worker", "start"]
+    worker_env = {**repo.env, "WAREHOUSE_DSN": f"sqlite:///{tmp_path / 'warehouse.db'}"}
+    with running_worker(
+        [*worker, "--pool", f"{repo.slug}-dev"], repo.path, worker_env, tmp_path / "worker.log"
+    ):
+        repo.make("smoke", "ENV=dev")  # the parameters of config/orchestration.yaml
+        (smoke, *_) = runs_of(server, repo.deployment(server, "dev")["id"])
+        assert (smoke["name"], smoke["parameters"]) == ("smoke-dev", {"max_rows": 20})
+        summary = api(f"{server.api_url}/artifacts/{repo.slug}-run-summary/latest")
+        assert summary["flow_run_id"] == smoke["id"]
+        data = summary["data"]
+        batches = json.loads(data) if isinstance(data, str) else data
+        assert sum(batch["rows"] for batch in batches) == 20  # max_rows, of the 200 rows
+        # The trigger fires within seconds of a Completed event when it matches at all.
+        time.sleep(15)
+        assert len(runs_of(server, publish["id"])) == published_before, "a smoke run published"
+
+        config.write_text(
+            original.replace("trigger_downstream: false", "trigger_downstream: true", 1),
+            encoding="utf-8",
+        )
+        try:
+            repo.make("smoke", "ENV=dev")
+        finally:
+            config.write_text(original, encoding="utf-8")
+        deadline = time.monotonic() + 120
+        while len(triggered := runs_of(server, publish["id"])) == published_before:
+            assert time.monotonic() < deadline, "trigger_downstream: true started no publish run"
+            time.sleep(1)
+        while triggered[0]["state"]["type"] not in {"COMPLETED", "FAILED", "CRASHED"}:
+            assert time.monotonic() < deadline, f"publish run still {triggered[0]['state']}"
+            time.sleep(1)
+            triggered = runs_of(server, publish["id"])
+    assert triggered[0]["state"]["type"] == "COMPLETED"
+
+
+@pytest.mark.slow
+def test_a_smoke_run_queued_behind_another_run_is_reported_as_queued(setup: Setup) -> None:
+    server, repo = setup.server, setup.process
+    repo.make("deploy", "ENV=dev")
+    deployment = repo.deployment(server, "dev")
+    # A run that holds the deployment's one slot, as a scheduled run a worker started does.
+    ahead = api(f"{server.api_url}/deployments/{deployment['id']}/create_flow_run", {})
+    taken = api(
+        f"{server.api_url}/flow_runs/{ahead['id']}/set_state", {"state": {"type": "PENDING"}}
+    )
+    assert taken["status"] == "ACCEPT", taken
+    try:
+        command = [str(BIN / "uv"), "run", "python", "-m", f"{repo.package}.ops.smoke"]
+        result = subprocess.run(
+            [*command, "--env", "dev", "--timeout", "10"],
+            cwd=repo.path,
+            env=repo.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        for run_ in runs_of(server, deployment["id"]):
+            if run_["state"]["type"] in {"SCHEDULED", "PENDING"}:
+                api(
+                    f"{server.api_url}/flow_runs/{run_['id']}/set_state",
+                    {"state": {"type": "CANCELLED"}, "force": True},
+                )
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert f"is queued (Scheduled) behind {ahead['name']} ({ahead['id']}, Pending)" in (
+        result.stderr
+    )
+    assert "the deploy is applied" in result.stderr

@@ -137,7 +137,8 @@ def test_answers_change_the_output(template: Path, tmp_path: Path) -> None:
     assert by_name["live"]["schedules"][0]["timezone"] == "Europe/Berlin"
     assert by_name["qa"]["work_pool"]["name"] == "billing-sync-qa"
     limits = yaml.safe_load((repo / "config" / "orchestration.yaml").read_text())["tag_limits"]
-    assert limits == {"billing-api": 2, "ledger-db": 1}
+    # Declared per environment, each at the answer's value.
+    assert limits == {"billing-api": {"qa": 2, "live": 2}, "ledger-db": {"qa": 1, "live": 1}}
 
 
 SLUG_RULE = (

@@ -76,7 +76,36 @@ def read_environment(environment: str, directory: Path | None = None) -> dict[st
     return {"environment": environment, **read_yaml(directory / f"{environment}.yaml")}
 
 
-def tag_limit(tag: str, directory: Path | None = None) -> int | None:
-    """The task tag limit config/orchestration.yaml declares for `tag`, if it declares one."""
+def limit_name(name: str, environment: str) -> str:
+    """The server's name for a limit of config/orchestration.yaml in one environment: each
+    environment has its own, so a run of one never takes a slot of another."""
+    return f"{name}-{environment}"
+
+
+def environment_value(value: Any, environment: str, where: str) -> int:
+    """A limit's value in one environment: one number for all, or a number per environment."""
+    if isinstance(value, dict):
+        if environment not in value:
+            raise ConfigError(
+                f"config/orchestration.yaml: {where} has no value for '{environment}' "
+                f"(it names {', '.join(map(str, value)) or 'none'}): add one."
+            )
+        value = value[environment]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"config/orchestration.yaml: {where} is {value!r} in '{environment}'; "
+            "it must be a positive whole number."
+        )
+    return value
+
+
+def tag_limit(
+    tag: str, directory: Path | None = None, *, environment: str | None = None
+) -> int | None:
+    """The task tag limit config/orchestration.yaml declares for `tag` in `environment`
+    (PIPELINE_ENV by default), if it declares one; the server names it limit_name(tag, env)."""
     limits = read_yaml((directory or config_dir()) / "orchestration.yaml").get("tag_limits") or {}
-    return int(limits[tag]) if tag in limits else None
+    if tag not in limits:
+        return None
+    environment = environment or os.environ.get(ENVIRONMENT_VAR, "")
+    return environment_value(limits[tag], environment, f"tag_limits.{tag}")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from prefect.workers.base import BaseWorker
 
-from .._internal.config import ConfigError, read_yaml
+from .._internal.config import ConfigError, environment_value, limit_name, read_yaml
 
 if TYPE_CHECKING:
     from prefect.flows import Flow
@@ -130,6 +130,31 @@ def read_automations(
     return automations
 
 
+def environment_tag_limits(orchestration: dict[str, Any], environment: str) -> dict[str, int]:
+    """config/orchestration.yaml's tag limits as this environment's own: tag-<env> -> value."""
+    return {
+        limit_name(str(tag), environment): environment_value(
+            value, environment, f"tag_limits.{tag}"
+        )
+        for tag, value in (orchestration.get("tag_limits") or {}).items()
+    }
+
+
+def environment_global_limits(orchestration: dict[str, Any], environment: str) -> list[GlobalLimit]:
+    """config/orchestration.yaml's global limits as this environment's own, name-<env>."""
+    limits = []
+    for name, spec in (orchestration.get("global_limits") or {}).items():
+        where = f"global_limits.{name}.limit"
+        limits.append(
+            GlobalLimit(
+                name=limit_name(str(name), environment),
+                limit=environment_value(spec.get("limit"), environment, where),
+                slot_decay_per_second=float(spec.get("slot_decay_per_second") or 0.0),
+            )
+        )
+    return limits
+
+
 def read_state(environment: str, root: Path) -> DesiredState:
     orchestration = read_yaml(root / "config" / "orchestration.yaml")
     project = read_yaml(root / "prefect.yaml")
@@ -153,11 +178,8 @@ def read_state(environment: str, root: Path) -> DesiredState:
         project=project["name"],
         work_pool_type=pool_type,
         work_pools={d.work_pool: template for d in deployments},
-        tag_limits={str(k): int(v) for k, v in (orchestration.get("tag_limits") or {}).items()},
-        global_limits=[
-            GlobalLimit(name=name, **spec)
-            for name, spec in (orchestration.get("global_limits") or {}).items()
-        ],
+        tag_limits=environment_tag_limits(orchestration, environment),
+        global_limits=environment_global_limits(orchestration, environment),
         deployments=deployments,
         automations=read_automations(environment, project["name"], orchestration),
         project_file={k: v for k, v in project.items() if k != "deployments"},
