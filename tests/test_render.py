@@ -159,7 +159,7 @@ CONTROL = "has a line break or another control character. Write one line of plai
 EMAIL = "is not an email address. Use name@domain.tld, without spaces, quotes or line breaks."
 PREFECT = (
     "is not a release this template is tested with. "
-    "Use an exact version from 3.9.0 to 3.9.1 (e.g. '3.9.1')."
+    "Use an exact release of the 3.9 line from 3.9.0 on (e.g. '3.9.0')."
 )
 NEVER = (
     "never fires: none of its months has a day {} (February has 29 days at most; April, June, "
@@ -340,7 +340,7 @@ REFUSED: list[tuple[dict[str, object], str, str]] = [
     # Prefect releases outside the tested range.
     *(
         ({"prefect_version": version}, "prefect_version", f"prefect_version: '{version}' {PREFECT}")
-        for version in ("2.20.0", "3.0.0", "3.8.8", "3.9.2", "4.0.0", "3.9", "3.9.1rc1", "03.9.1")
+        for version in ("2.20.0", "3.0.0", "3.8.8", "3.10.0", "4.0.0", "3.9", "3.9.1rc1", "03.9.1")
     ),
     # Environments: not a list, empty, malformed items, YAML words, reserved and repeated names.
     ({"environments": "dev"}, "environments", f"environments: 'dev' {NOT_A_LIST}"),

@@ -18,8 +18,9 @@ from pathlib import Path
 
 def run_prefect(args: list[str], cwd: Path) -> tuple[int, str]:
     """`prefect <args>` in cwd: its exit code and its output (stdout and stderr together)."""
-    from prefect.cli import app
+    from .prefect_internals import cli_app
 
+    app = cli_app()
     output = io.StringIO()
     argv, previous = sys.argv, Path.cwd()
     sys.argv = ["prefect", *args]

@@ -27,6 +27,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterDeploymentId,
+    FlowRunFilterState,
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
@@ -94,7 +95,7 @@ def queued_behind(flow_run: FlowRun) -> list[FlowRun]:
         runs = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
                 deployment_id=FlowRunFilterDeploymentId(any_=[flow_run.deployment_id]),
-                state=FlowRunFilterStateType(any_=HOLDING),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=HOLDING)),
             ),
             limit=20,
         )

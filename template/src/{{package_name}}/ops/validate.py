@@ -12,17 +12,13 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from prefect.cli.deploy._models import (
-    DeploymentConfig,
-    PrefectYamlModel,
-    WorkPoolConfig,
-)
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.events.schemas.automations import AutomationCore
 from pydantic import BaseModel, ValidationError
 
 from .._internal.config import environment_names, read_yaml
 from .automations import LOCAL_KEYS
+from .prefect_internals import DeploymentConfig, PrefectYamlModel, WorkPoolConfig
 from .state import base_job_template
 
 EXTRA_TOP_LEVEL_KEYS = {"definitions"}
