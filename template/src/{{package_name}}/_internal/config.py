@@ -108,4 +108,9 @@ def tag_limit(
     if tag not in limits:
         return None
     environment = environment or os.environ.get(ENVIRONMENT_VAR, "")
-    return environment_value(limits[tag], environment, f"tag_limits.{tag}")
+    value = limits[tag]
+    if not environment and isinstance(value, dict) and value:
+        # No environment named (a flow written before limits were per environment, run
+        # locally): the lowest value, which exceeds no environment's limit.
+        return min(environment_value(value, env, f"tag_limits.{tag}") for env in value)
+    return environment_value(value, environment, f"tag_limits.{tag}")

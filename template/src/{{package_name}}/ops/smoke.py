@@ -18,6 +18,7 @@ deploy, already applied: smoke it again once that run has finished.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 
 from .._internal.config import ConfigError, read_yaml
-from .state import Deployment, DesiredState, read_state
+from .state import Deployment, DesiredState, load_flow, read_state
 
 SMOKE_TAG = "smoke"
 # The name prefix each downstream trigger in prefect.yaml filters out ("!smoke-*").
@@ -83,6 +84,13 @@ def smoke_spec(root: Path, environment: str, deployment: Deployment) -> SmokeSpe
     parameters = (section.get("parameters") or {}).get(deployment.flow_name) or {}
     if not isinstance(parameters, dict):
         raise ConfigError(f"{where}.parameters.{deployment.flow_name} must be a mapping.")
+    accepted = set(inspect.signature(load_flow(deployment.entrypoint, root).fn).parameters)
+    if unknown := sorted(set(parameters) - accepted):
+        raise ConfigError(
+            f"{where}.parameters.{deployment.flow_name} has {', '.join(unknown)}, which the "
+            f"flow does not take (it takes {', '.join(sorted(accepted)) or 'none'}): change "
+            "the smoke parameters, or add the parameter to the flow."
+        )
     downstream = section.get("trigger_downstream", False)
     if not isinstance(downstream, bool):
         raise ConfigError(f"{where}.trigger_downstream must be true or false, not {downstream!r}.")
