@@ -139,6 +139,11 @@ def test_answers_change_the_output(template: Path, tmp_path: Path) -> None:
     limits = yaml.safe_load((repo / "config" / "orchestration.yaml").read_text())["tag_limits"]
     # Declared per environment, each at the answer's value.
     assert limits == {"billing-api": {"qa": 2, "live": 2}, "ledger-db": {"qa": 1, "live": 1}}
+    # A smoke run per environment: small (the flow's max_rows) and starting nothing downstream.
+    smoke = yaml.safe_load((repo / "config" / "orchestration.yaml").read_text())["smoke"]
+    small = {"parameters": {"billing-sync": {"max_rows": 20}}, "trigger_downstream": False}
+    assert smoke == {"qa": small, "live": small}
+    assert "max_rows: int | None = None" in (repo / "src/billing_sync/flows/etl.py").read_text()
 
 
 SLUG_RULE = (
