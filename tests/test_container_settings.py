@@ -122,10 +122,6 @@ def kubernetes_jobs(repo: Path, overrides: dict[str, str]) -> list[dict[str, Any
         variables = deploy_time({**deployment["work_pool"]["job_variables"], **overrides})
         manifest = job_configuration("kubernetes", template, variables).job_manifest
         pod = manifest["spec"]["template"]["spec"]
-        # The worker's own default puts these Job fields in the pod spec (prefect-kubernetes
-        # 0.8.0); the API server drops them. Everything else must pass strict validation.
-        pod.pop("completions")
-        pod.pop("parallelism")
         # The worker names Jobs by generateName; kubernetes-validate reports by name.
         manifest["metadata"]["name"] = f"flow-run-{env_of(deployment)}"
         # As the worker's prepare_for_flow_run does: Kubernetes takes env as a list.
@@ -144,6 +140,17 @@ def pod_of(job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return pod, container
 
 
+# The writable emptyDirs every flow-run pod has (tests/test_kubernetes_policy.py): what a
+# backend adds is the rest.
+SCRATCH = {"tmp", "home", "pipeline-data"}
+
+
+def backend_volumes(pod: dict[str, Any], container: dict[str, Any]) -> tuple[Any, Any]:
+    (volume,) = [v for v in pod["volumes"] if v["name"] not in SCRATCH]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] not in SCRATCH]
+    return volume, mount
+
+
 def test_vault_on_kubernetes_projects_a_token_for_the_vault_audience(
     renders: dict[tuple, Path],
 ) -> None:
@@ -152,10 +159,9 @@ def test_vault_on_kubernetes_projects_a_token_for_the_vault_audience(
         assert deployment["work_pool"]["job_variables"]["vault_token_audience"] == "vault"
     for job in kubernetes_jobs(repo, {"vault_token_audience": "vault-test"}):
         pod, container = pod_of(job)
-        (volume,) = pod["volumes"]
+        volume, mount = backend_volumes(pod, container)
         (source,) = volume["projected"]["sources"]
         assert source["serviceAccountToken"]["audience"] == "vault-test"
-        (mount,) = container["volumeMounts"]
         assert (mount["name"], mount["mountPath"]) == (volume["name"], "/var/run/secrets/vault")
         assert pod["serviceAccountName"] == "sales-etl-flow-run"
         assert {"name": "VAULT_ROLE", "value": "value-of-VAULT_ROLE"} in container["env"]
@@ -166,9 +172,8 @@ def test_env_backend_on_kubernetes_mounts_the_namespace_secret_as_files(
 ) -> None:
     for job in kubernetes_jobs(renders[("kubernetes", "env")], {}):
         pod, container = pod_of(job)
-        (volume,) = pod["volumes"]
+        volume, mount = backend_volumes(pod, container)
         assert volume["secret"]["secretName"] == "pipeline-secrets"
-        (mount,) = container["volumeMounts"]
         assert (mount["name"], mount["readOnly"]) == (volume["name"], True)
         directory = {"name": "PIPELINE_SECRETS_DIR", "value": mount["mountPath"]}
         assert directory in container["env"]
