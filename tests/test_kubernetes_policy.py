@@ -185,3 +185,49 @@ def test_one_base_job_template_serves_every_secret_backend(repos: dict[str, Path
         assert set(ours["job_configuration"]) == set(default["job_configuration"])
     shipped = list((ROOT / "template").rglob("*kubernetes-base-job-template*"))
     assert len(shipped) == 1, shipped
+
+
+def test_external_vault_gets_a_token_reviewer_of_its_own(repos: dict[str, Path]) -> None:
+    reviewer = repos["vault"] / "deploy" / "vault-token-reviewer.yaml"
+    assert_kubernetes_valid(reviewer)
+    documents = {d["kind"]: d for d in yaml.safe_load_all(reviewer.read_text()) if d}
+    account = documents["ServiceAccount"]["metadata"]
+    binding = documents["ClusterRoleBinding"]
+    assert binding["roleRef"]["name"] == "system:auth-delegator"  # may review tokens, no more
+    (subject,) = binding["subjects"]
+    assert (subject["name"], subject["namespace"]) == (account["name"], account["namespace"])
+    token = documents["Secret"]
+    assert token["type"] == "kubernetes.io/service-account-token"
+    assert token["metadata"]["annotations"]["kubernetes.io/service-account.name"] == account["name"]
+    assert "token_reviewer_jwt" in reviewer.read_text()
+    assert "deploy/vault-token-reviewer.yaml" in (repos["vault"] / "README.md").read_text()
+    assert not (repos["env"] / "deploy" / "vault-token-reviewer.yaml").exists()
+
+
+def test_namespaces_enforce_restricted_and_accounts_pull_with_the_environments_secret(
+    repos: dict[str, Path],
+) -> None:
+    documents = [
+        d for d in yaml.safe_load_all((repos["env"] / "deploy" / "flow-runs.yaml").read_text()) if d
+    ]
+    for namespace in (d for d in documents if d["kind"] == "Namespace"):
+        assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    accounts = [d for d in documents if d["kind"] == "ServiceAccount"]
+    assert len(accounts) == 3
+    for account in accounts:
+        env = account["metadata"]["namespace"].removeprefix("sales-etl-")
+        assert account["imagePullSecrets"] == [{"name": f"registry-{env}"}]
+
+
+def test_worker_values_ask_for_restricted_and_the_pull_secret(repos: dict[str, Path]) -> None:
+    """The chart renders these into the worker's pod (its template mounts /tmp and the home
+    as emptyDirs); no Helm here, so the values are checked against what restricted requires."""
+    for path in sorted((repos["env"] / "deploy").glob("worker-*.yaml")):
+        worker = yaml.safe_load(path.read_text())["worker"]
+        env = path.stem.removeprefix("worker-")
+        assert worker["image"]["pullSecrets"] == [f"registry-{env}"]
+        pod, container = worker["podSecurityContext"], worker["containerSecurityContext"]
+        assert pod["runAsNonRoot"] is True and pod["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert container["allowPrivilegeEscalation"] is False
+        assert container["readOnlyRootFilesystem"] is True
+        assert container["capabilities"] == {"drop": ["ALL"]}
