@@ -18,6 +18,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 
 from .._internal.config import ConfigError
+from .diagnosis import infrastructure_problem
 from .state import Deployment, DesiredState, read_state
 
 SMOKE_TAG = "smoke"
@@ -48,6 +49,12 @@ def smoke(state: DesiredState, parameters: dict[str, Any], timeout: float) -> Fl
     outcome = flow_run.state
     version = flow_run.deployment_version
     where = f"smoke run {flow_run.id} of {deployment.full_name} (version {version})"
+    if outcome is None or not outcome.is_completed():
+        # What the infrastructure reported (an image the nodes cannot pull) comes first: the
+        # worker did its part.
+        problem = infrastructure_problem(flow_run)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
     if outcome is None or not outcome.is_final():
         raise ConfigError(
             f"{where} did not finish within {timeout:.0f} s (state "
