@@ -180,7 +180,9 @@ def test_one_base_job_template_serves_every_secret_backend(repos: dict[str, Path
     names = set(default["variables"]["properties"]) | {"image_pull_secrets"}
     added = {"env": {"secrets_name"}, "vault": {"vault_token_audience"}, "prefect": set()}
     for backend, repo in repos.items():
-        ours = json.loads((repo / "deploy" / "kubernetes-base-job-template.json").read_text())
+        text = (repo / "deploy" / "kubernetes-base-job-template.json").read_text()
+        assert text.endswith("}\n"), "end-of-file-fixer in the generated pre-commit"
+        ours = json.loads(text)
         assert set(ours["variables"]["properties"]) == names | added[backend], backend
         assert set(ours["job_configuration"]) == set(default["job_configuration"])
     shipped = list((ROOT / "template").rglob("*kubernetes-base-job-template*"))
