@@ -179,7 +179,7 @@ def test_each_combination_has_its_files_and_dependencies(
         repo / "src" / "sales_etl" / "task_runner.py",
     ]
     touched += [repo / name for name in ("Dockerfile", ".dockerignore") if container]
-    touched += sorted((repo / "deploy").glob("*")) if (repo / "deploy").is_dir() else []
+    touched += sorted(p for p in (repo / "deploy").rglob("*") if p.is_file())
     for path in touched:
         text = path.read_text()
         blank_run = "\n\n\n\n" if path.suffix == ".py" else "\n\n\n"
