@@ -151,6 +151,14 @@ def sync(repo: Path) -> dict[str, str]:
     return env
 
 
+def commit_lock(repo: Path) -> None:
+    """Commit the uv.lock a sync wrote, as `make setup` asks: a process worker's flow runs
+    clone the deployed commit and run it with that commit's locked dependencies."""
+    if git("status", "--porcelain", "--", "uv.lock", cwd=repo).strip():
+        git("add", "uv.lock", cwd=repo)
+        git("commit", "-q", "-m", "Lock the dependencies", cwd=repo)
+
+
 def run_checks(repo: Path, *, pytest: bool = True) -> dict[str, str]:
     """The generated repository's own checks: ruff check, ruff format --check, pytest.
 

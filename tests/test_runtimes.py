@@ -214,9 +214,22 @@ def test_prefect_yaml_fits_prefects_model_and_its_steps_exist(
         module, _, function = dotted.rpartition(".")
         assert callable(getattr(importlib.import_module(module), function)), dotted
     names = [next(iter(step)) for step in steps]
-    assert "prefect.deployments.steps.git_clone" not in names
     if runtime == "process":
+        # No checkout on the worker: each run clones the repository at the deployed commit.
+        assert names == ["prefect.deployments.steps.git_clone"]
+        clone = project["pull"][0]["prefect.deployments.steps.git_clone"]
+        assert clone == {
+            "repository": "{{ $GIT_REPOSITORY }}",
+            "branch": None,
+            "commit_sha": "{{ $DEPLOY_VERSION }}",
+        }
+        for deployment in deployments(repo):
+            job_env = deployment["work_pool"]["job_variables"]["env"]
+            assert job_env["PREFECT_RUNNER_AUTO_INSTALL_DEPENDENCIES"] == "true"
+            assert job_env["UV_FROZEN"] == "1"
         return
+    # The image holds the code: nothing is cloned at run time.
+    assert "prefect.deployments.steps.git_clone" not in names
     assert names == [
         "prefect_docker.deployments.steps.build_docker_image",
         "prefect_docker.deployments.steps.push_docker_image",

@@ -4,8 +4,8 @@
 it would change and runs it for those alone, so an unchanged environment is never redeployed.
 The desired fields are resolved the way `prefect deploy` resolves them (prefect 3.9,
 prefect/cli/deploy/_core.py): block and variable references, then `{{ $ENV }}` placeholders,
-then the fields it sends. Flow code is not compared: a process worker runs the checkout's code,
-and a container runtime's image is a job variable, which is.
+then the fields it sends. Flow code is not compared: a process worker clones the commit its
+pull step names, and a container runtime's image is a job variable, which are.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from prefect.utilities.templating import (
 )
 
 from .automations import automation_fields
+from .source import REPOSITORY_VAR, repository_url
 from .state import Deployment, DesiredState, load_flow
 from .versions import VERSION_VAR, head_version
 
@@ -47,9 +48,9 @@ UNRESOLVED = "unresolved"
 
 @contextmanager
 def deploy_environment(root: Path) -> Iterator[dict[str, str]]:
-    """os.environ as `prefect deploy` sees it: PROJECT_DIR defaults to the repository root,
-    DEPLOY_VERSION to its HEAD commit."""
-    defaults = {"PROJECT_DIR": str(root), VERSION_VAR: head_version(root)}
+    """os.environ as `prefect deploy` sees it: DEPLOY_VERSION defaults to the repository's HEAD
+    commit, GIT_REPOSITORY to where a process worker clones it from (ops/source.py)."""
+    defaults = {REPOSITORY_VAR: repository_url(root, os.environ), VERSION_VAR: head_version(root)}
     # An unset CI variable arrives as an empty string: treat it as unset.
     added = [name for name, value in defaults.items() if value and not os.environ.get(name)]
     for name in added:

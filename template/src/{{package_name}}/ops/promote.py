@@ -6,11 +6,13 @@
 - Every later environment deploys only what the one before it runs and has run: HEAD must be
   on the default branch (`git merge-base --is-ancestor`), the previous environment's
   deployment must run this commit, and a run of that version must have Completed there (the
-  smoke run CI makes after each deploy). Both are read from the Prefect API, which only a
+  smoke run CI makes after each deploy), having run that commit itself where runs clone their
+  code (ops/evidence.py). Both are read from the Prefect API, which only a
   deploy writes, never from a variable. The image is the previous environment's, by digest:
   nothing is built.
-- `--to COMMIT` (make rollback) redeploys an earlier commit's image, by the digest recorded in
-  the version of a Completed run of this project: nothing is built, no gate applies.
+- `--to COMMIT` (make rollback) redeploys an earlier commit that completed a run of this
+  project: a container runtime's image by the digest that run's version records, a process
+  runtime's clone at that commit. Nothing is built, no gate applies.
 
 Each deployment's version is `<commit>[@<digest>]` (ops/versions.py). Then the environment is
 reconciled as `ops reconcile` does it, with its preflight.
@@ -39,6 +41,7 @@ from prefect.settings import get_current_settings
 
 from .._internal.config import ConfigError, read_yaml
 from .deployments import deploy_environment
+from .evidence import clones_code, ran
 from .preflight import check_api, preflight
 from .reconcile import reconcile
 from .smoke import pipeline_deployment
@@ -110,10 +113,11 @@ def gate(client: SyncPrefectClient, state: DesiredState, previous: str, commit: 
     runs = completed_runs(
         client, FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id]))
     )
-    if not any(run.deployment_version == str(version) for run in runs):
+    if not any(ran(run, version, state) for run in runs):
         raise ConfigError(
-            f"no run of {name} at version {version} has Completed: smoke-run it "
-            f"(make smoke ENV={previous}) before promoting."
+            f"no run of {name} at version {version} has Completed"
+            + (f" having run commit {commit[:12]} itself" if clones_code(state) else "")
+            + f": smoke-run it (make smoke ENV={previous}) before promoting."
         )
     return version
 
@@ -123,11 +127,11 @@ def rollback_version(client: SyncPrefectClient, state: DesiredState, commit: str
     runs = completed_runs(client, FlowRunFilter(tags=FlowRunFilterTags(all_=[state.project_tag])))
     for run in runs:
         version = Version.parse(run.deployment_version)
-        if version is not None and version.commit == commit:
+        if version is not None and version.commit == commit and ran(run, version, state):
             return version
     raise ConfigError(
         f"no Completed run of {state.project} at commit {commit[:12]} among the last "
-        f"{RUNS_SEARCHED}: there is no image of it known to have worked."
+        f"{RUNS_SEARCHED}: there is no version of it known to have worked."
     )
 
 
@@ -170,13 +174,8 @@ def choose_version(
 ) -> Version:
     if to:
         commit = resolve_commit(root, to)
-        if not builds_image(state):
-            raise ConfigError(
-                "a process worker runs its own checkout: roll back by checking out "
-                f"{commit[:12]} there, then make reconcile."
-            )
         version = rollback_version(client, state, commit)
-        if not version.digest:
+        if builds_image(state) and not version.digest:
             raise ConfigError(f"version {version} records no image digest to roll back to.")
         return version
     commit = resolve_commit(root)

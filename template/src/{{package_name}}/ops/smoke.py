@@ -3,7 +3,8 @@ deployment once, as its worker runs it, and wait for `Completed`.
 
 CI runs it after each deploy: a run that fails, crashes or does not finish in time exits
 non-zero and stops the promotion. The run is tagged `smoke` and keeps the deployment's
-version, which is what the next environment's promotion gate looks for (ops/promote.py).
+version, which is what the next environment's promotion gate looks for (ops/promote.py); where
+runs clone their code, it must also have recorded the deployed commit (ops/evidence.py).
 Pass a smaller parameter set where a full run takes too long.
 """
 
@@ -18,7 +19,9 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 
 from .._internal.config import ConfigError
+from .evidence import ran, recorded_commit
 from .state import Deployment, DesiredState, read_state
+from .versions import Version
 
 SMOKE_TAG = "smoke"
 
@@ -55,8 +58,22 @@ def smoke(state: DesiredState, parameters: dict[str, Any], timeout: float) -> Fl
         )
     if not outcome.is_completed():
         raise ConfigError(f"{where} ended {outcome.name}: {outcome.message or 'no message'}")
+    check_ran_deployed_commit(flow_run, state, where)
     print(f"{where}: Completed.")
     return flow_run
+
+
+def check_ran_deployed_commit(flow_run: FlowRun, state: DesiredState, where: str) -> None:
+    """Where runs clone their code, the run must have run the deployed commit itself."""
+    version = Version.parse(flow_run.deployment_version)
+    if version is None or ran(flow_run, version, state):
+        return
+    actual = recorded_commit(flow_run)
+    raise ConfigError(
+        f"{where} Completed, but "
+        + (f"ran commit {actual}" if actual else "recorded no commit (_internal/provenance.py)")
+        + f", not the deployed {version.commit}."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
