@@ -47,7 +47,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def api_answers() -> bool:
     """PREFECT_API_URL is set in the environment and answers: the one check worth making
-    before a build starts, as a deploy to nowhere is the likeliest refusal."""
+    before a build starts, as a deploy to nowhere is the likeliest refusal. Unauthenticated
+    (Prefect is not imported yet): the preflight then checks the credential."""
     import httpx  # Prefect's own HTTP client, imported by it anyway
 
     url = os.environ.get("PREFECT_API_URL", "").strip()
@@ -76,14 +77,17 @@ def reconcile_environment(args: argparse.Namespace) -> None:
     # Imported once the image build has started: Prefect and the flows take seconds to load.
     from prefect.settings import get_current_settings
 
+    from .api_access import named_api_errors
     from .deployments import deploy_environment
-    from .preflight import preflight
+    from .preflight import check_api, preflight
     from .promote import builds_image, head_version, pinned_environment
     from .reconcile import reconcile
     from .state import read_state
 
     state = read_state(args.env, args.root)
-    if not args.dry_run:
+    if args.dry_run:
+        check_api(get_current_settings().api.url)  # a plan reads the API too
+    else:
         with deploy_environment(args.root):
             preflight(
                 state,
@@ -101,7 +105,7 @@ def reconcile_environment(args: argparse.Namespace) -> None:
         # registry already has for the commit, if any.
         commit = resolve_commit(args.root)
         image = pinned_environment(head_version(state, args.root, commit, build=deploys))
-    with image:
+    with image, named_api_errors():
         reconcile(
             state,
             args.root,

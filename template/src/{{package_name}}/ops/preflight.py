@@ -1,7 +1,9 @@
 """What a deploy checks before it changes anything, so that it can never silently do nothing.
 
-- PREFECT_API_URL must be set and answer. With it empty, Prefect falls back to a temporary
-  local API: a CI job whose variable is missing would go green having deployed nowhere.
+- PREFECT_API_URL must be set and answer an authenticated read with this environment's
+  credential (PREFECT_API_KEY or PREFECT_API_AUTH_STRING). With it empty, Prefect falls back to
+  a temporary local API: a CI job whose variable is missing would go green having deployed
+  nowhere. A refused credential is named here, not met as a 401 traceback mid-deploy.
 - Every `{{ $NAME }}` prefect.yaml reads for the environment must be set and not empty: an
   unset one deploys as '' (an ECS `cluster: ""`, an image `repo:`).
 - Azure Pipelines leaves `$(NAME)` as literal text when NAME is not defined: such a value is
@@ -15,12 +17,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from .._internal.config import ConfigError
+from .api_access import check_access, current_access
 from .state import DesiredState
 from .unexpanded import unexpanded
 from .versions import dirty_files
@@ -31,7 +33,7 @@ ANY_PLACEHOLDER = re.compile(r"\{\{.*?\}\}")
 # Fields that are prose, never configuration.
 FREE_TEXT = ("description",)
 # Variables every deploy sends, whether or not prefect.yaml names them.
-API_VARIABLES = ("PREFECT_API_URL", "PREFECT_API_KEY")
+API_VARIABLES = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")
 
 
 def placeholders(value: Any) -> set[str]:
@@ -83,22 +85,9 @@ def variable_problems(names: Iterable[str], environ: Mapping[str, str]) -> list[
 
 
 def check_api(url: str | None, *, timeout: float = 15.0) -> None:
-    """Refuse an empty, unexpanded or unreachable Prefect API URL."""
-    if not url or not url.strip():
-        raise ConfigError(
-            "PREFECT_API_URL is empty: set it to the environment's Prefect API. Without it "
-            "Prefect deploys to a temporary local server that disappears; nothing was changed."
-        )
-    if problem := unexpanded("PREFECT_API_URL", url):
-        raise ConfigError(f"{problem}; nothing was changed.")
-    try:
-        response = httpx.get(f"{url.rstrip('/')}/health", timeout=timeout)
-        response.raise_for_status()
-    except httpx.HTTPError as error:
-        raise ConfigError(
-            f"the Prefect API at {url} does not answer ({type(error).__name__}: {error}); "
-            "nothing was changed."
-        ) from None
+    """Refuse an empty, unexpanded or unreachable Prefect API URL, and a credential the API
+    refuses: one authenticated read with this process's credential (ops/api_access.py)."""
+    check_access(replace(current_access(), url=url), timeout=timeout)
 
 
 def build_problems(state: DesiredState, root: Path) -> list[str]:

@@ -27,6 +27,7 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.settings import get_current_settings
 
 from .._internal.config import ConfigError
+from .api_access import named_api_errors
 from .deployments import deploy_environment
 from .preflight import check_api, preflight
 from .promote import builds_image, pinned_environment, promotion_order
@@ -126,18 +127,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="the repository root")
     args = parser.parse_args(argv)
     try:
-        if args.close_merged or args.prune_days is not None:
-            if args.close_merged and (request := merged_request(args.root)):
-                close_previews(args.root, request=request)
-            if args.prune_days is not None:
-                close_previews(args.root, idle_days=args.prune_days)
-        elif not args.request:
-            parser.error("--request is required to open or close a preview")
-        elif args.close:
-            close_previews(args.root, request=args.request)
-        else:
-            for deployment in open_preview(args.root, args.request):
-                print(f"Preview {deployment.full_name} is deployed: schedules off.")
+        with named_api_errors():
+            if args.close_merged or args.prune_days is not None:
+                if args.close_merged and (request := merged_request(args.root)):
+                    close_previews(args.root, request=request)
+                if args.prune_days is not None:
+                    close_previews(args.root, idle_days=args.prune_days)
+            elif not args.request:
+                parser.error("--request is required to open or close a preview")
+            elif args.close:
+                close_previews(args.root, request=args.request)
+            else:
+                for deployment in open_preview(args.root, args.request):
+                    print(f"Preview {deployment.full_name} is deployed: schedules off.")
     except ConfigError as error:
         parser.exit(2, f"preview: {error}\n")
     return 0

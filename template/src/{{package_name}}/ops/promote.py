@@ -6,9 +6,13 @@
 - Every later environment deploys only what the one before it runs and has run: HEAD must be
   on the default branch (`git merge-base --is-ancestor`), the previous environment's
   deployment must run this commit, and a run of that version must have Completed there (the
-  smoke run CI makes after each deploy). Both are read from the Prefect API, which only a
-  deploy writes, never from a variable. The image is the previous environment's, by digest:
-  nothing is built.
+  smoke run CI makes after each deploy). Both are read from the previous environment's
+  Prefect API, which only its deploys write, never from a variable: with one API for every
+  environment (`api_topology: shared` in config/orchestration.yaml) this process's own; with
+  one per environment (`per-environment`) the previous environment's, with the read
+  credential in PREFECT_API_URL_<ENV>, PREFECT_API_KEY_<ENV> or PREFECT_API_AUTH_STRING_<ENV>
+  and PREFECT_API_SSL_CERT_FILE_<ENV> (README.md, "Topologies"). The image is the previous
+  environment's, by digest: nothing is built.
 - `--to COMMIT` (make rollback) redeploys an earlier commit's image, by the digest recorded in
   the version of a Completed run of this project: nothing is built, no gate applies.
 
@@ -23,6 +27,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import (
@@ -38,8 +43,15 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import get_current_settings
 
 from .._internal.config import ConfigError, read_yaml
+from .api_access import (
+    ApiAccess,
+    check_access,
+    current_access,
+    environment_access,
+    named_api_errors,
+)
 from .deployments import deploy_environment
-from .preflight import check_api, preflight
+from .preflight import preflight
 from .reconcile import reconcile
 from .smoke import pipeline_deployment
 from .state import ENV_TAG_PREFIX, DesiredState, read_state
@@ -47,6 +59,26 @@ from .versions import VERSION_VAR, Version, git, image_tag, resolve_commit
 
 # Runs read back when looking for a version: the newest first, enough for weeks of deploys.
 RUNS_SEARCHED = 200
+TOPOLOGIES = ("shared", "per-environment")
+
+
+def api_topology(root: Path) -> str:
+    """config/orchestration.yaml's api_topology: one API for every environment, or one each."""
+    topology = read_yaml(root / "config" / "orchestration.yaml").get("api_topology", "shared")
+    if topology not in TOPOLOGIES:
+        raise ConfigError(
+            f"config/orchestration.yaml: api_topology is '{topology}', not one of "
+            f"{', '.join(TOPOLOGIES)}."
+        )
+    return topology
+
+
+def evidence_access(root: Path, previous: str) -> ApiAccess | None:
+    """Where the previous environment's evidence is read: None for this process's own API
+    (one API for all), else the previous environment's own API and read credential."""
+    if api_topology(root) == "shared":
+        return None
+    return environment_access(previous)
 
 
 def promotion_order(root: Path) -> list[str]:
@@ -93,6 +125,17 @@ def completed_runs(client: SyncPrefectClient, flow_run_filter: FlowRunFilter) ->
     )
 
 
+def completed_run_at(
+    client: SyncPrefectClient, deployment_id: UUID, version: Version
+) -> FlowRun | None:
+    """A Completed run of the deployment at exactly this version: the evidence a promotion
+    takes from the previous environment. The one place that decides what counts."""
+    runs = completed_runs(
+        client, FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]))
+    )
+    return next((run for run in runs if run.deployment_version == str(version)), None)
+
+
 def gate(client: SyncPrefectClient, state: DesiredState, previous: str, commit: str) -> Version:
     """The previous environment's version of commit, if it runs it and has run it; else
     ConfigError saying what is missing."""
@@ -107,10 +150,7 @@ def gate(client: SyncPrefectClient, state: DesiredState, previous: str, commit: 
             f"'{previous}' runs {deployment.version or 'no recorded version'}, not {commit[:12]}:"
             f" deploy this commit to '{previous}' and smoke-run it there first."
         )
-    runs = completed_runs(
-        client, FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id]))
-    )
-    if not any(run.deployment_version == str(version) for run in runs):
+    if completed_run_at(client, deployment.id, version) is None:
         raise ConfigError(
             f"no run of {name} at version {version} has Completed: smoke-run it "
             f"(make smoke ENV={previous}) before promoting."
@@ -183,8 +223,20 @@ def choose_version(
     previous = previous_environment(state.environment, root)
     if previous is not None:
         check_on_default_branch(root, commit, default_branch)
-        return gate(client, state, previous, commit)
+        return previous_gate(client, state, root, previous, commit)
     return head_version(state, root, commit)
+
+
+def previous_gate(
+    client: SyncPrefectClient, state: DesiredState, root: Path, previous: str, commit: str
+) -> Version:
+    """gate() on the API the previous environment's evidence lives on."""
+    access = evidence_access(root, previous)
+    if access is None:
+        return gate(client, state, previous, commit)
+    check_access(access)  # names PREFECT_API_URL_<ENV> and its credential, never a value
+    with access.client() as evidence, named_api_errors(access):
+        return gate(evidence, state, previous, commit)
 
 
 def head_version(state: DesiredState, root: Path, commit: str, *, build: bool = True) -> Version:
@@ -204,11 +256,13 @@ def head_version(state: DesiredState, root: Path, commit: str, *, build: bool = 
 def deploy(environment: str, root: Path, *, to: str | None, default_branch: str) -> Version:
     state = read_state(environment, root)
     api_url = get_current_settings().api.url
-    check_api(api_url)  # before any read: an empty URL would read a temporary local API
-    with get_client(sync_client=True) as client:
+    # Before any read: an empty URL would read a temporary local API, a refused credential
+    # would fail mid-way with a traceback.
+    check_access(current_access())
+    with get_client(sync_client=True) as client, named_api_errors():
         version = choose_version(client, state, root, to=to, default_branch=default_branch)
     print(f"Deploying '{environment}' at version {version}.")
-    with pinned_environment(version), deploy_environment(root):
+    with pinned_environment(version), deploy_environment(root), named_api_errors():
         preflight(state, api_url, prebuilt_image=builds_image(state), root=root)
         reconcile(state, root, dry_run=False, skip_deploy=False, prebuilt_image=builds_image(state))
     return version

@@ -16,8 +16,11 @@ from typing import Any
 
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
+from prefect.settings import get_current_settings
 
 from .._internal.config import ConfigError
+from .api_access import named_api_errors
+from .preflight import check_api
 from .state import Deployment, DesiredState, read_state
 
 SMOKE_TAG = "smoke"
@@ -70,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         parameters = json.loads(args.parameters)
         if not isinstance(parameters, dict):
             raise ConfigError(f"--parameters must be a JSON object, not {args.parameters!r}.")
-        smoke(read_state(args.env, args.root), parameters, args.timeout)
+        state = read_state(args.env, args.root)
+        check_api(get_current_settings().api.url)
+        with named_api_errors():
+            smoke(state, parameters, args.timeout)
     except json.JSONDecodeError as error:
         parser.exit(2, f"smoke: --parameters is not JSON: {error}\n")
     except ConfigError as error:
