@@ -957,3 +957,31 @@ def test_azure_pipelines_logs_in_with_its_service_connection(
         (task,) = [step for step in steps if step.get("task") == "AzureCLI@2"]
         env = stage["stage"].removeprefix("deploy_")
         assert task["inputs"]["azureSubscription"] == f"{slug}-{env}"
+
+
+API_ACCESS = ["PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_an_api_per_environment_renders_valid_ci_with_each_read_credential(
+    platform: str, rendered: Callable[..., Path], oracles: Oracles, tmp_path: Path
+) -> None:
+    """Every way to authenticate reaches the deploy: a key or an auth string and a CA bundle,
+    and with an API per environment the read access of each environment before the last."""
+    repo = rendered(ci_platform=platform, api_topology="per-environment")
+    check_platform(platform, repo, oracles, tmp_path)
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    ci_section = readme.split("### CI/CD", 1)[1].split("\n## ", 1)[0]
+    previous = [f"{name}_{env}" for env in ("DEV", "STAGING") for name in API_ACCESS]
+    for name in [*API_ACCESS, "PREFECT_API_SSL_CERT_FILE", *previous]:
+        assert f"`{name}`" in ci_section, f"the CI section never asks for {name}"
+    assert "PREFECT_API_URL_PROD" not in readme, "nothing promotes from the last environment"
+    mapped = {
+        "github-actions": ".github/workflows/deploy.yml",
+        "azure-pipelines": "azure-pipelines.yml",
+    }
+    if platform in mapped:  # secrets reach a step only where the file maps them
+        text = (repo / mapped[platform]).read_text(encoding="utf-8")
+        for name in [*API_ACCESS, *previous]:
+            assert f"{name}:" in text, f"{mapped[platform]} never maps {name}"
