@@ -42,8 +42,17 @@ def choices(question: str) -> list[str]:
     return list(offered.values()) if isinstance(offered, dict) else list(offered)
 
 
+# pytest-cache-files-*: the temporary directory another xdist worker creates (and renames to
+# .pytest_cache) in the repository's root on a fresh checkout; it can vanish mid-copy.
 SNAPSHOT_IGNORES = shutil.ignore_patterns(
-    ".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", "node_modules", "demo"
+    ".git",
+    ".venv",
+    "__pycache__",
+    ".pytest_cache",
+    "pytest-cache-files-*",
+    ".ruff_cache",
+    "node_modules",
+    "demo",
 )
 
 

@@ -42,6 +42,12 @@ from prefect import flow
 def team() -> int:
     return 1
 """
+TEAM_FLOW_TEST = """from {package}.flows.team import team
+
+
+def test_team_returns_one() -> None:
+    assert team.fn() == 1
+"""
 TEAM_NOTES = "On-call for this pipeline: the data platform rota.\n\n"
 
 
@@ -87,12 +93,28 @@ def kept_files(repo: Path) -> dict[str, bytes]:
     return {name: (repo / name).read_bytes() for name in included - excluded}
 
 
+def register_team_flow(repo: Path) -> None:
+    """Give the team's flow its flows.yaml entry, as `make validate` asks, where the release has
+    flows.yaml (an older one gets it from the update) and the entry is not there yet."""
+    flows = repo / "flows.yaml"
+    package = answers_of(repo)["package_name"]
+    if not flows.exists() or "team:" in flows.read_text():
+        return
+    entry = f"flows:\n  team:\n    entrypoint: {package}.flows.team:team\n"
+    flows.write_text(flows.read_text().replace("flows: {}\n", entry))
+    assert "team:" in flows.read_text(), "flows.yaml has no empty `flows: {}` to add to"
+
+
 def make_team_edits(repo: Path) -> dict[str, str]:
     """The edits a team makes in its first weeks; returns path -> text that must survive."""
     package = answers_of(repo)["package_name"]
     env = answers_of(repo)["environments"][0]
     flow = repo / "src" / package / "flows" / "team.py"
     flow.write_text(TEAM_FLOW)
+    flow_test = repo / "tests" / "flows" / "test_team.py"
+    flow_test.parent.mkdir(parents=True, exist_ok=True)
+    flow_test.write_text(TEAM_FLOW_TEST.format(package=package))
+    register_team_flow(repo)
     config = repo / "config" / f"{env}.yaml"
     config.write_text(re.sub(r"batch_size: \d+", "batch_size: 75", config.read_text()))
     readme = repo / "README.md"
@@ -100,6 +122,7 @@ def make_team_edits(repo: Path) -> dict[str, str]:
     readme.write_text(readme.read_text().replace(heading, heading + TEAM_NOTES))
     survivors = {
         f"src/{package}/flows/team.py": TEAM_FLOW,
+        "tests/flows/test_team.py": TEAM_FLOW_TEST.format(package=package),
         f"config/{env}.yaml": "batch_size: 75",
         "README.md": TEAM_NOTES.strip(),
     }
@@ -161,6 +184,7 @@ def test_update_from_a_release_keeps_team_edits_and_brings_template_changes(
         and (repo / path.relative_to(fresh)).read_bytes() != path.read_bytes()
     ]
     assert differing == []
+    register_team_flow(repo)
     git("add", "-A", cwd=repo)
     git("commit", "-q", "-m", "Update from the template", cwd=repo)
     # The updated repository's own checks, once: from the oldest release (the longest way, with

@@ -116,7 +116,8 @@ def desired_fields(deployment: Deployment, state: DesiredState, root: Path) -> d
     pool = spec.get("work_pool") or {}
     fields: dict[str, Any] = {
         "entrypoint": spec["entrypoint"],
-        "description": spec.get("description") or flow.description,
+        # A flow without a docstring has no description: the server may hold "" or None for it.
+        "description": spec.get("description") or flow.description or None,
         "version": spec.get("version"),
         "parameters": spec.get("parameters") or {},
         "tags": sorted(spec.get("tags") or []),
@@ -184,7 +185,7 @@ def current_fields(client: SyncPrefectClient, deployment: DeploymentResponse) ->
     options = deployment.concurrency_options
     return {
         "entrypoint": deployment.entrypoint,
-        "description": deployment.description,
+        "description": deployment.description or None,
         "version": deployment.version,
         "parameters": deployment.parameters,
         "tags": sorted(deployment.tags),

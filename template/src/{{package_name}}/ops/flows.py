@@ -117,11 +117,28 @@ def team_deployments(project: dict[str, Any], root: Path) -> list[dict[str, Any]
     """Every flows.yaml entry's deployments, environment by environment."""
     flows = read_flows(root)
     order = environment_order(project)
+    described = {name: with_description(entry, root) for name, entry in flows.items()}
     return [
         flow_deployment(entry, environment, project, order[-1])
         for environment in order
-        for entry in flows.values()
+        for entry in described.values()
     ]
+
+
+def with_description(entry: dict[str, Any], root: Path) -> dict[str, Any]:
+    """The entry with a description: its own, else its flow's docstring, else its entrypoint.
+    prefect deploy stores a docstring-less flow's missing description as the text 'None'."""
+    if entry.get("description") or not entry.get("entrypoint"):
+        return entry
+    from prefect.flows import load_flow_from_entrypoint
+
+    entrypoint = str(entry["entrypoint"])
+    try:
+        path = str(root / entrypoint) if ".py:" in entrypoint else entrypoint
+        description = load_flow_from_entrypoint(path).description
+    except Exception:  # noqa: BLE001 - `ops validate` reports an entrypoint that does not load
+        return entry
+    return {**entry, "description": description or entrypoint}
 
 
 def all_deployments(project: dict[str, Any], root: Path) -> list[dict[str, Any]]:
