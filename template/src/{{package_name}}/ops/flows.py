@@ -136,7 +136,7 @@ def with_description(entry: dict[str, Any], root: Path) -> dict[str, Any]:
     try:
         path = str(root / entrypoint) if ".py:" in entrypoint else entrypoint
         description = load_flow_from_entrypoint(path).description
-    except Exception:  # noqa: BLE001 - `ops validate` reports an entrypoint that does not load
+    except Exception:  # `ops validate` reports an entrypoint that does not load
         return entry
     return {**entry, "description": description or entrypoint}
 
