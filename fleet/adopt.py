@@ -15,6 +15,7 @@ Nothing is executed from the repository: deploy scripts are read with `ast`.
 from __future__ import annotations
 
 import ast
+import contextlib
 import re
 import shutil
 import subprocess
@@ -43,6 +44,31 @@ PREFECT2 = (
 )
 SCHEDULE_KEYS = ("cron", "interval", "rrule", "timezone", "anchor_date", "day_or")
 RUNTIMES = {"process": "process", "docker": "docker", "kubernetes": "kubernetes", "ecs": "ecs"}
+# Job variables only one worker type's default base job template has: a deployment setting one
+# names the pool type even when the pool itself is not in the repository.
+POOL_TYPE_KEYS = {
+    "kubernetes": {
+        "namespace",
+        "service_account_name",
+        "finished_job_ttl",
+        "backoff_limit",
+        "pod_watch_timeout_seconds",
+        "job_watch_timeout_seconds",
+    },
+    "ecs": {
+        "cluster",
+        "task_definition_arn",
+        "launch_type",
+        "vpc_id",
+        "execution_role_arn",
+        "task_role_arn",
+        "network_configuration",
+        "task_start_timeout_seconds",
+    },
+}
+# `prefect work-pool create NAME --type TYPE` in a script, Makefile or CI file of the repository.
+SCRIPT_SUFFIXES = {".sh", ".yml", ".yaml", ".mk", ".py", ".toml"}
+POOL_TYPE_OPTION = re.compile(r"(?:--type|-t)[=\s]+[\"']?([a-z]+)")
 
 
 class AdoptError(Exception):
@@ -127,6 +153,26 @@ def schedule_from(values: dict[str, Any]) -> dict[str, Any] | None:
     return schedule
 
 
+def pool_type_of(job_variables: object) -> str | None:
+    """The worker type whose job variables a deployment sets, when only one type has them."""
+    keys = set(job_variables) if isinstance(job_variables, dict) else set()
+    types = [kind for kind, known in POOL_TYPE_KEYS.items() if keys & known]
+    return types[0] if len(types) == 1 else None
+
+
+def pool_types_created(repo: Path) -> set[str]:
+    """Pool types the repository's own scripts, Makefile or CI files create pools of."""
+    found = set()
+    for path in tracked(repo):
+        file = repo / path
+        if file.suffix in SCRIPT_SUFFIXES or file.name == "Makefile":
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                for line in file.read_text().splitlines():
+                    if "work-pool create" in line and (match := POOL_TYPE_OPTION.search(line)):
+                        found.add(match.group(1))
+    return found & set(RUNTIMES)
+
+
 def from_prefect_yaml(repo: Path) -> tuple[list[Deployment], list[str]]:
     path = repo / "prefect.yaml"
     if not path.is_file():
@@ -151,6 +197,11 @@ def from_prefect_yaml(repo: Path) -> tuple[list[Deployment], list[str]]:
             )
         pool = spec.get("work_pool") or {}
         jobs = pool.get("job_variables") or {}
+        if dropped := sorted(set(jobs) - {"image"}):
+            notes.append(
+                f"deployment {spec.get('name')!r} sets job variables {', '.join(dropped)}: they are"
+                " not carried into flows.yaml; the environment's work pool sets them now"
+            )
         found.append(
             Deployment(
                 flow_file=file,
@@ -160,6 +211,7 @@ def from_prefect_yaml(repo: Path) -> tuple[list[Deployment], list[str]]:
                 parameters=dict(spec.get("parameters") or {}),
                 tags=[str(t) for t in spec.get("tags") or []],
                 pool=pool.get("name"),
+                pool_type=pool_type_of(jobs),
                 image=image or "image" in jobs,
             )
         )
@@ -211,6 +263,7 @@ def from_scripts(repo: Path) -> list[Deployment]:
                     parameters=dict(kw.get("parameters") or {}),
                     tags=[str(t) for t in kw.get("tags") or []],
                     pool=kw.get("work_pool_name"),
+                    pool_type=pool_type_of(kw.get("job_variables")),
                     image=bool(kw.get("image")),
                     source=path,
                 )
@@ -282,7 +335,12 @@ def infer(repo: Path) -> Inferred:
     if py := python_version(repo):
         result.answers["python_version"] = py
         result.how["python_version"] = ".python-version or requires-python"
-    if any(d.image for d in result.deployments):
+    pool_types = {d.pool_type for d in result.deployments} - {None}
+    pool_types = pool_types or pool_types_created(repo)
+    if len(pool_types) == 1:
+        result.answers["runtime"] = str(pool_types.pop())
+        result.how["runtime"] = "its deployments' job variables or its `work-pool create --type`"
+    elif any(d.image for d in result.deployments):
         result.answers["runtime"] = "docker"
         result.how["runtime"] = "a Docker image in its deployments (build step or image=)"
     elif result.deployments:

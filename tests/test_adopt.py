@@ -138,15 +138,20 @@ LOCAL_DEPLOYMENTS = [
 ]
 
 
+def adopted_recipe(repo: Path, recipe: str, template: Path, ref: str) -> tuple[Path, dict]:
+    """A RECIPE repository holding LOCAL_DEPLOYMENTS, adopted with two environments."""
+    init_recipe(repo, recipe, LOCAL_DEPLOYMENTS)
+    before = git("rev-parse", "main", cwd=repo).strip()
+    code, out = adopt(repo, template, ref, "environments=[dev, prod]")
+    assert code == 0, out
+    return repo, check_adopted(repo, before)
+
+
 def test_a_local_recipe_repository_is_adopted_and_updates_cleanly_across_a_release(
     releases: tuple[Path, str, str], tmp_path: Path
 ) -> None:
     template, first, second = releases
-    repo = init_recipe(tmp_path / "team-flows", "local", LOCAL_DEPLOYMENTS)
-    before = git("rev-parse", "main", cwd=repo).strip()
-    code, out = adopt(repo, template, first, "environments=[dev, prod]")
-    assert code == 0, out
-    answers = check_adopted(repo, before)
+    repo, answers = adopted_recipe(tmp_path / "team-flows", "local", template, first)
     assert (answers["project_name"], answers["timezone"]) == ("team-flows", "Europe/Paris")
     assert not (repo / "flows" / "hello.py").exists()
     assert (repo / "src" / "team_flows" / "flows" / "hello.py").is_file()
@@ -244,6 +249,21 @@ def test_a_from_source_deploy_script_and_a_two_flow_repository_keep_their_deploy
     assert (two / ".github" / "workflows" / "ci.yml.pre-adoption").is_file()
 
 
+def test_a_docker_recipe_repository_is_adopted_on_the_docker_runtime(
+    releases: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    """`prefect init --recipe docker`: its image build makes it a docker repository, and its
+    deployment keeps its name, schedule and parameters."""
+    template, first, _ = releases
+    repo, answers = adopted_recipe(tmp_path / "boxed", "docker", template, first)
+    assert answers["runtime"] == "docker"
+    assert (repo / "Dockerfile").is_file()
+    [nightly] = [d for d in team_deployments(repo) if d["name"] == "nightly"]
+    assert nightly["parameters"] == {"rows": 5, "label": "night"}
+    assert nightly["schedules"][0]["cron"] == "15 1 * * *"
+    assert "runtime" in (repo / "ADOPTION.md").read_text()
+
+
 PREFECT2 = """from prefect.deployments import Deployment
 from flows.hello import hello
 
@@ -293,8 +313,18 @@ def test_an_adopted_repository_keeps_its_deployment_on_a_real_server_and_runs(
         before = api(f"{server.api_url}/deployments/name/hello/nightly")
         code, out = adopt(repo, template, first, "environments=[dev, prod]")
         assert code == 0, out
-        repo_env = {**sync(repo), **server.env(), "PATH": f"{BIN}:{os.environ['PATH']}"}
+        synced = sync(repo)
+        # Its own tests pass as the adopted repository's CI runs them (no server of ours).
+        run(["uv", "run", "--frozen", "pytest", "-q"], repo, synced, 600)
+        repo_env = {**synced, **server.env(), "PATH": f"{BIN}:{os.environ['PATH']}"}
         plan = run(["make", "plan", "ENV=prod"], repo, repo_env)
+        # What it already had stays: the plan moves it to the template's pool and package, and
+        # changes neither its name, its schedule nor its parameters.
+        [line] = [ln for ln in plan.splitlines() if "deployment" in ln and "hello/nightly" in ln]
+        assert line.split()[0] == "update", plan
+        assert not {"parameters", "schedules"} & set(
+            line.split("hello/nightly")[1].replace(",", " ").split()
+        ), plan
         run(["make", "reconcile", "ENV=prod"], repo, repo_env)
         after = api(f"{server.api_url}/deployments/name/hello/nightly")
         assert after["id"] == before["id"], plan
