@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tests.e2e.cluster import dask_cluster
 from tests.e2e.server import running_server
-from tests.rendering import BIN, answers_of, render, snapshot_template, sync
+from tests.rendering import BIN, answers_of, commit_lock, render, snapshot_template, sync
 
 CEILING = 1.5
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             snapshot_template(workdir / "template"), workdir / "pipeline", {"task_runner": "dask"}
         )
         env = sync(repo)
+        commit_lock(repo)  # the worker runs the deployed commit's uv.lock
         bin_dir = repo / ".venv" / "bin"
         print("Starting a Prefect server and a Dask cluster ...", flush=True)
         with (

@@ -18,7 +18,7 @@ import copier
 
 from tests.e2e.demo import api, wait_for_final_state
 from tests.e2e.server import running_server, running_worker
-from tests.rendering import BIN, git, render, run, snapshot_template, sync
+from tests.rendering import BIN, commit_lock, git, render, run, snapshot_template, sync
 
 ONE_FILE_FLOW = """from prefect import flow
 
@@ -106,6 +106,7 @@ def main() -> None:
         start = time.perf_counter()
         repo = render(template, work / "pipeline")
         env = sync(repo)
+        commit_lock(repo)  # the worker runs the deployed commit's uv.lock
         prefect = repo / ".venv" / "bin" / "prefect"
         with running_server(prefect, work / "home", work / "server.log", env) as server:
             run_env = {**env, **server.env(), "WAREHOUSE_DSN": f"sqlite:///{work}/w.db"}

@@ -21,7 +21,7 @@ from fleet.cli import main
 from tests import test_update as update_tests
 from tests.e2e.server import running_server
 from tests.fleet_support import snapshot
-from tests.rendering import BIN, GIT_IDENTITY, git, run, sync
+from tests.rendering import BIN, GIT_IDENTITY, commit_lock, git, run, sync
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("adopt")]
 
@@ -314,6 +314,7 @@ def test_an_adopted_repository_keeps_its_deployment_on_a_real_server_and_runs(
         code, out = adopt(repo, template, first, "environments=[dev, prod]")
         assert code == 0, out
         synced = sync(repo)
+        commit_lock(repo)  # the worker clones the deployed commit and runs its uv.lock
         # Its own tests pass as the adopted repository's CI runs them (no server of ours).
         run(["uv", "run", "--frozen", "pytest", "-q"], repo, synced, 600)
         repo_env = {**synced, **server.env(), "PATH": f"{BIN}:{os.environ['PATH']}"}

@@ -25,7 +25,7 @@ import pytest
 from bench.concurrency_bench import api
 from tests.e2e.cluster import Cluster, cluster_for, group_members, loads_of_run, where_tasks_ran
 from tests.e2e.server import Server, free_port, running_server, running_worker
-from tests.rendering import BIN, answers_of, render, run, sync
+from tests.rendering import BIN, answers_of, commit_lock, render, run, sync
 from tests.test_orchestration_e2e import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("clusters")]
@@ -93,6 +93,8 @@ def test_tasks_run_on_the_cluster_and_an_unreachable_one_fails_fast(
     answers = answers_of(repo)
     environment, slug = answers["environments"][0], answers["project_slug"]
     env = {**sync(repo), **server.env()}
+    # A process worker clones the commit and runs its uv.lock: commit the lock the sync wrote.
+    commit_lock(repo)
     bin_dir = repo / ".venv" / "bin"
     with cluster_for(task_runner, bin_dir, tmp_path / "cluster", env) as cluster:
         assert cluster is not None

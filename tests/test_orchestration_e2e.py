@@ -33,7 +33,7 @@ from bench.concurrency_bench import (
     wall_seconds,
 )
 from tests.e2e.server import Server, running_server, running_worker
-from tests.rendering import BIN, answers_of, run, sync
+from tests.rendering import BIN, answers_of, commit_lock, run, sync
 
 # One pytest worker takes the whole module: its fixture (a server, an install and two
 # reconciles, about a minute on 2 cores) is set up once, not once per worker with one of its tests.
@@ -69,6 +69,8 @@ def pipeline(default_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     workdir = tmp_path_factory.mktemp("orchestration")
     repo = shutil.copytree(default_repo, workdir / "pipeline")
     env = sync(repo)
+    # A process worker clones the commit and runs its uv.lock: commit the lock the sync wrote.
+    commit_lock(repo)
     prefect = repo / ".venv" / "bin" / "prefect"
     with running_server(prefect, workdir / "home", workdir / "server.log", env) as server:
         pipeline = Pipeline(repo, {**env, **server.env()}, server, answers_of(repo), [])

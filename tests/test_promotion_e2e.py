@@ -176,6 +176,18 @@ def test_prod_takes_only_what_dev_deployed_and_smoke_ran(setup: Setup, tmp_path:
     git("switch", "-q", "main", cwd=repo.path)
     assert repo.deployment(server, "prod")["version"] == head
 
+    # Rollback on the process runtime: the deployments name the earlier commit, which each run
+    # clones; a commit no run completed is refused.
+    repo.make("deploy", "ENV=dev")
+    assert repo.deployment(server, "dev")["version"] == newer
+    assert f"at commit {newer[:12]}" in refused(repo, "rollback", "ENV=dev", f"TO={newer}")
+    repo.make("rollback", "ENV=dev", f"TO={head}")
+    for flow in flows_of(repo):
+        deployment = repo.deployment(server, "dev", flow)
+        assert deployment["version"] == head, flow
+        clone = deployment["pull_steps"][0]["prefect.deployments.steps.git_clone"]
+        assert clone["commit_sha"] == head, flow
+
 
 def complete_a_run(server: Server, deployment_id: str) -> None:
     """What a smoke run of the deployment leaves on the server, without a Docker worker."""

@@ -214,9 +214,22 @@ def test_prefect_yaml_fits_prefects_model_and_its_steps_exist(
         module, _, function = dotted.rpartition(".")
         assert callable(getattr(importlib.import_module(module), function)), dotted
     names = [next(iter(step)) for step in steps]
-    assert "prefect.deployments.steps.git_clone" not in names
     if runtime == "process":
+        # No checkout on the worker: each run clones the deployed commit and enters the clone.
+        clone, enter = project["pull"]
+        assert clone["prefect.deployments.steps.git_clone"] == {
+            "id": "clone",
+            "repository": "{{ $DEPLOY_REPOSITORY }}",
+            "commit_sha": "{{ $DEPLOY_VERSION }}",
+        }
+        directory = enter["prefect.deployments.steps.set_working_directory"]["directory"]
+        assert directory == "{{ clone.directory }}"
+        for deployment in deployments(repo):
+            env = deployment["work_pool"]["job_variables"]["env"]
+            assert env["PREFECT_RUNNER_AUTO_INSTALL_DEPENDENCIES"] == "true"
+            assert env["UV_FROZEN"] == "1"
         return
+    assert "prefect.deployments.steps.git_clone" not in names
     assert names == [
         "prefect_docker.deployments.steps.build_docker_image",
         "prefect_docker.deployments.steps.push_docker_image",

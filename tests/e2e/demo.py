@@ -24,7 +24,7 @@ from typing import Any
 
 from tests.e2e.cluster import demo_cluster, print_where_tasks_ran
 from tests.e2e.server import running_server, running_worker
-from tests.rendering import ROOT, answers_of, render, run, snapshot_template, sync
+from tests.rendering import ROOT, answers_of, commit_lock, render, run, snapshot_template, sync
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 RETRIED_STATUSES = {429, 502, 503}
@@ -110,6 +110,8 @@ def demo(workdir: Path, answers: dict[str, Any], timeout: float = 300) -> DemoRe
         package, slug = settings["package_name"], settings["project_slug"]
     with steps.step("Install the generated repository (uv sync)"):
         env = sync(repo)
+        # The worker clones the deployed commit and runs its uv.lock: commit the lock sync wrote.
+        commit_lock(repo)
     prefect = repo / ".venv" / "bin" / "prefect"
     # The warehouse DSN is the pipeline's one secret: it reaches the worker (env backend) or a
     # Secret block (prefect backend) through the environment, never through a file.

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID, uuid4
 
 from prefect.cli.deploy._schedules import _schedule_config_to_deployment_schedule
@@ -43,13 +44,38 @@ from .versions import VERSION_VAR, head_version
 # Build and push step outputs (such as a built image's tag) exist only while `prefect deploy`
 # runs: a field that uses one cannot be compared, so it always counts as changed.
 UNRESOLVED = "unresolved"
+# The repository a process worker clones (prefect.yaml's git_clone step reads it).
+REPOSITORY_VAR = "DEPLOY_REPOSITORY"
+
+
+def repository_url(root: Path, environ: Mapping[str, str]) -> str:
+    """Where a process worker clones this repository from: DEPLOY_REPOSITORY, else the URL the
+    CI platform running this deploy gives (never with a credential in it), else this
+    checkout's path, which a worker on the same machine clones without credentials."""
+    if explicit := environ.get(REPOSITORY_VAR):
+        return explicit
+    if environ.get("GITHUB_SERVER_URL") and environ.get("GITHUB_REPOSITORY"):
+        url = f"{environ['GITHUB_SERVER_URL']}/{environ['GITHUB_REPOSITORY']}.git"
+    elif project_url := environ.get("CI_PROJECT_URL"):  # GitLab
+        url = f"{project_url}.git"
+    elif origin := environ.get("BITBUCKET_GIT_HTTP_ORIGIN"):  # given as http://bitbucket.org/...
+        url = "https://" + origin.split("://", 1)[-1] + ".git"
+    elif uri := environ.get("BUILD_REPOSITORY_URI"):  # Azure Pipelines' Build.Repository.Uri
+        url = uri
+    else:
+        return str(root)
+    # Azure's URI names the organisation as a user (https://org@dev.azure.com/...): the worker's
+    # own credential must answer for the host, so the URL carries no user or password.
+    parts = urlsplit(url)
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=host))
 
 
 @contextmanager
 def deploy_environment(root: Path) -> Iterator[dict[str, str]]:
-    """os.environ as `prefect deploy` sees it: PROJECT_DIR defaults to the repository root,
-    DEPLOY_VERSION to its HEAD commit."""
-    defaults = {"PROJECT_DIR": str(root), VERSION_VAR: head_version(root)}
+    """os.environ as `prefect deploy` sees it: DEPLOY_REPOSITORY defaults to the repository's
+    URL in CI or its path here (repository_url), DEPLOY_VERSION to its HEAD commit."""
+    defaults = {REPOSITORY_VAR: repository_url(root, os.environ), VERSION_VAR: head_version(root)}
     # An unset CI variable arrives as an empty string: treat it as unset.
     added = [name for name, value in defaults.items() if value and not os.environ.get(name)]
     for name in added:

@@ -3,9 +3,8 @@ deployments, so a reviewer can run the change before it merges.
 
 - Open (again on every push): the first environment's pipeline deployments, named `pr-<N>`,
   on that environment's work pool, every schedule off, tagged `preview` and `env:pr-<N>`, at
-  the request's commit (for a container runtime, its image, built and pushed once, by digest).
-  A process worker runs its own checkout: there the preview carries the request's parameters
-  and settings, not its code.
+  the request's commit (for a container runtime, its image, built and pushed once, by digest;
+  a process worker clones that commit).
 - Close: delete every deployment tagged `project:<project>` and `env:pr-<N>`, as
   `reconcile --prune` deletes what is no longer declared.
 - `--close-merged` closes the request HEAD's merge commit names, and `--prune-days D` the

@@ -9,8 +9,9 @@
   must have Completed there (the smoke runs CI makes after each deploy). Both are read from
   the Prefect API, which only a deploy writes, never from a variable. The image is the
   previous environment's, by digest: nothing is built.
-- `--to COMMIT` (make rollback) redeploys an earlier commit's image, by the digest recorded in
-  the version of a Completed run of this project: nothing is built, no gate applies.
+- `--to COMMIT` (make rollback) redeploys an earlier commit that completed a run of this
+  project: its image by the digest that run's version records (nothing is built), or for the
+  process runtime the commit itself, which the worker clones. No gate applies.
 
 Each deployment's version is `<commit>[@<digest>]` (ops/versions.py). Then the environment is
 reconciled as `ops reconcile` does it, with its preflight.
@@ -168,7 +169,7 @@ def rollback_version(client: SyncPrefectClient, state: DesiredState, commit: str
             return version
     raise ConfigError(
         f"no Completed run of {state.project} at commit {commit[:12]} among the last "
-        f"{RUNS_SEARCHED}: there is no image of it known to have worked."
+        f"{RUNS_SEARCHED}: there is no version of it known to have worked."
     )
 
 
@@ -211,13 +212,8 @@ def choose_version(
 ) -> Version:
     if to:
         commit = resolve_commit(root, to)
-        if not builds_image(state):
-            raise ConfigError(
-                "a process worker runs its own checkout: roll back by checking out "
-                f"{commit[:12]} there, then make reconcile."
-            )
         version = rollback_version(client, state, commit)
-        if not version.digest:
+        if builds_image(state) and not version.digest:
             raise ConfigError(f"version {version} records no image digest to roll back to.")
         return version
     commit = resolve_commit(root)

@@ -1,0 +1,145 @@
+"""The process runtime on a worker that has no checkout: the default render deployed with its
+repository on a token-protected git remote over HTTP (tests/e2e/git_http.py), run by a process
+worker started in an empty directory from another virtualenv (this suite's own), which clones
+the deployed commit and runs it in that commit's locked environment.
+
+With the worker's credential right the run completes and loads every row; with it wrong the
+run fails at the clone, and neither token is in the deployment, the run's logs or the worker's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.concurrency_bench import api
+from tests.e2e.git_http import GitRemote, git_remote
+from tests.e2e.server import Server, running_server, running_worker
+from tests.rendering import BIN, answers_of, commit_lock, git, run, sync
+from tests.test_clusters_e2e import loaded_rows, source_rows
+from tests.test_orchestration_e2e import wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("process-git")]
+
+# Made up here, by parts, so no file holds a credential-looking literal.
+TOKEN = "-".join(["read", "only", "token", "for", "tests"])
+WRONG = "-".join(["revoked", "token"])
+
+# The render, its remote, the server it is deployed to, and the environment that deployed it.
+Deployed = tuple[Path, GitRemote, Server, dict[str, str]]
+
+
+@pytest.fixture(scope="module")
+def deployed(default_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+    """The default render, committed with its lock, served by the remote, deployed to a server."""
+    workdir = tmp_path_factory.mktemp("process-git")
+    repo = shutil.copytree(default_repo, workdir / "pipeline")
+    env = sync(repo)
+    commit_lock(repo)
+    with (
+        git_remote(repo, workdir / "served", TOKEN) as remote,
+        running_server(BIN / "prefect", workdir / "home", workdir / "server.log", env) as server,
+    ):
+        deploy_env = {**env, **server.env(), "DEPLOY_REPOSITORY": remote.url}
+        environment = answers_of(repo)["environments"][0]
+        run(["make", "reconcile", f"ENV={environment}"], cwd=repo, env=deploy_env)
+        yield repo, remote, server, deploy_env
+
+
+def worker_env(
+    deploy_env: dict[str, str], home: Path, remote: GitRemote, token: str, dsn: str
+) -> dict[str, str]:
+    """A worker machine's environment: Prefect, uv and git, the credential for the host in git's
+    own configuration, a Python for uv to use, and nothing of the repository."""
+    home.mkdir(parents=True, exist_ok=True)
+    server_env = {
+        k: v for k, v in deploy_env.items() if k.startswith("PREFECT_") or k == "DO_NOT_TRACK"
+    }
+    python = {"UV_PYTHON": deploy_env["UV_PYTHON"]} if "UV_PYTHON" in deploy_env else {}
+    return {
+        **server_env,
+        **python,
+        "PATH": f"{BIN}:/usr/bin:/bin",
+        "HOME": str(home),
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": f"http.{remote.url}.extraHeader",
+        "GIT_CONFIG_VALUE_0": remote.header(token),
+        "GIT_TERMINAL_PROMPT": "0",
+        "UV_CACHE_DIR": str(Path.home() / ".cache" / "uv"),  # warm: what a worker machine keeps
+        "WAREHOUSE_DSN": dsn,
+    }
+
+
+def start_run(server: Server, slug: str, environment: str, tmp_path: Path, env: dict) -> dict:
+    """One flow run of the deployment, by a worker started in an empty directory."""
+    empty = tmp_path / "worker-dir"
+    empty.mkdir(exist_ok=True)
+    deployment = api(f"{server.api_url}/deployments/name/{slug}/{environment}")
+    flow_run = api(f"{server.api_url}/deployments/{deployment['id']}/create_flow_run", {})
+    worker = [str(BIN / "prefect"), "worker", "start", "--pool", f"{slug}-{environment}"]
+    log = tmp_path / "worker.log"
+    with running_worker(worker, cwd=empty, env=env, log=log):
+        finished = wait_for(server.api_url, flow_run["id"], timeout=300)
+    assert list(empty.iterdir()) == [], "the worker wrote into its own directory"
+    return {**finished, "worker_log": log.read_text(errors="replace")}
+
+
+def run_logs(server: Server, flow_run_id: str) -> str:
+    logs = api(f"{server.api_url}/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}})
+    return "\n".join(entry["message"] for entry in logs)
+
+
+def run_with_credential(deployed: Deployed, tmp_path: Path, token: str) -> tuple[dict, str, Path]:
+    """One run by a worker holding TOKEN: the finished run, its logs, the database it loads."""
+    repo, remote, server, deploy_env = deployed
+    answers = answers_of(repo)
+    slug, environment = answers["project_slug"], answers["environments"][0]
+    database = tmp_path / "warehouse.db"
+    env = worker_env(deploy_env, tmp_path / "home", remote, token, f"sqlite:///{database}")
+    finished = start_run(server, slug, environment, tmp_path, env)
+    return finished, run_logs(server, finished["id"]), database
+
+
+def test_a_worker_without_a_checkout_runs_the_deployed_commit_from_the_token_remote(
+    deployed: Deployed, tmp_path: Path
+) -> None:
+    repo, remote, server, _ = deployed
+    answers = answers_of(repo)
+    slug, environment = answers["project_slug"], answers["environments"][0]
+    deployment = api(f"{server.api_url}/deployments/name/{slug}/{environment}")
+    head = git("rev-parse", "HEAD", cwd=repo).strip()
+    [clone, _] = deployment["pull_steps"]
+    assert clone["prefect.deployments.steps.git_clone"] == {
+        "id": "clone",
+        "repository": remote.url,
+        "commit_sha": head,
+    }
+    assert deployment["version"] == head
+    finished, logs, database = run_with_credential(deployed, tmp_path, TOKEN)
+    assert finished["state"]["type"] == "COMPLETED", finished["worker_log"][-4000:] + logs
+    assert loaded_rows(database) == source_rows(repo)
+    assert remote.requests and all(status == 200 for _, status in remote.requests)
+    # The remote is private: without the worker's credential git is refused.
+    anonymous = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GIT_TERMINAL_PROMPT": "0"}
+    refused = subprocess.run(
+        ["git", "ls-remote", remote.url], env=anonymous, capture_output=True, timeout=60
+    )
+    assert refused.returncode != 0 and remote.requests[-1][1] == 401
+    for text in (json.dumps(deployment), logs, finished["worker_log"]):
+        assert TOKEN not in text
+
+
+def test_a_wrong_credential_fails_the_run_at_the_clone_and_is_never_printed(
+    deployed: Deployed, tmp_path: Path
+) -> None:
+    finished, logs, database = run_with_credential(deployed, tmp_path, WRONG)
+    assert finished["state"]["type"] in {"FAILED", "CRASHED"}, finished["worker_log"][-4000:]
+    assert "Failed to clone repository" in logs + finished["worker_log"], logs
+    assert not database.exists(), "a run that could not clone must run no task"
+    for text in (logs, finished["worker_log"], json.dumps(finished)):
+        assert WRONG not in text and TOKEN not in text
