@@ -38,7 +38,7 @@ ANY_PLACEHOLDER = re.compile(r"\{\{.*?\}\}")
 # Fields that are prose, never configuration.
 FREE_TEXT = ("description",)
 # Variables every deploy sends, whether or not prefect.yaml names them.
-API_VARIABLES = ("PREFECT_API_URL", "PREFECT_API_KEY")
+API_VARIABLES = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")
 
 
 def placeholders(value: Any) -> set[str]:
@@ -159,11 +159,16 @@ def check_api(url: str | None, *, timeout: float = 15.0) -> None:
     if problem := unexpanded("PREFECT_API_URL", url):
         raise ConfigError(f"{problem}; nothing was changed.")
     settings = get_current_settings().api
-    auth_string, key = settings.auth_string, settings.key
+    auth_string = settings.auth_string.get_secret_value() if settings.auth_string else ""
+    key = settings.key.get_secret_value() if settings.key else ""
+    # Sent as they are, an Azure `$(NAME)` would be refused as a wrong credential.
+    for name, value in (("PREFECT_API_AUTH_STRING", auth_string), ("PREFECT_API_KEY", key)):
+        if problem := unexpanded(name, value):
+            raise ConfigError(f"{problem}; nothing was changed.")
     client = SyncPrefectClient(
         url,
-        auth_string=auth_string.get_secret_value() if auth_string else None,
-        api_key=key.get_secret_value() if key else None,
+        auth_string=auth_string or None,
+        api_key=key or None,
         httpx_settings={"timeout": timeout},
     )
     # One attempt each: Prefect's client retries a timeout five times with growing pauses.
