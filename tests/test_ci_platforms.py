@@ -309,6 +309,9 @@ def check_github_actions(repo: Path, tools: Oracles, tmp_path: Path, rules: bool
         checkout = job["steps"][0]
         assert checkout["with"]["fetch-depth"] == 0, job_id  # for git merge-base
         assert reconcile["env"]["PREFECT_API_KEY"] == "${{ secrets.PREFECT_API_KEY }}"
+        # A self-hosted server's basic auth; an unset secret is '' (GitHub), so optional.
+        auth = reconcile["env"]["PREFECT_API_AUTH_STRING"]
+        assert auth == "${{ secrets.PREFECT_API_AUTH_STRING }}"
     release = deploy_jobs.pop("release")
     assert release["environment"] == prod
     assert release["steps"][-1]["env"]["DEPLOY_ENV"] == prod
@@ -330,6 +333,7 @@ def check_github_actions(repo: Path, tools: Oracles, tmp_path: Path, rules: bool
     assert job["if"] == "github.event.pull_request.head.repo.full_name == github.repository"
     step = job["steps"][-1]
     assert step["run"] == 'make "$TARGET" REQUEST="$REQUEST"'
+    assert step["env"]["PREFECT_API_AUTH_STRING"] == "${{ secrets.PREFECT_API_AUTH_STRING }}"
     assert "'preview-close'" in step["env"]["TARGET"] and "closed" in step["env"]["TARGET"]
 
 
@@ -422,6 +426,7 @@ def check_azure_deploy_step(
     (or AWS role) takes a short-lived identity, and never maps a stored password or AWS key."""
     assert step["displayName"] == name
     assert step["env"]["PREFECT_API_KEY"] == "$(PREFECT_API_KEY)"
+    assert step["env"]["PREFECT_API_AUTH_STRING"] == "$(PREFECT_API_AUTH_STRING)"
     assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(step["env"])
     answers = answers_of(repo)
     pushes = (repo / "Dockerfile").is_file()
@@ -452,7 +457,14 @@ def check_azure_deploy_step(
 def check_azure_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> None:
     check_jsonschema(repo, "vendor.azure-pipelines", "azure-pipelines.yml")
     preprod, prod = preprod_and_prod(repo)
-    stages = {stage["stage"]: stage for stage in load(repo, "azure-pipelines.yml")["stages"]}
+    pipeline = load(repo, "azure-pipelines.yml")
+    # The optional credentials default to '' at the root, which a stage's variable group
+    # overrides: an undefined one would otherwise reach the deploy as the text $(NAME).
+    assert pipeline["variables"] == [
+        {"name": "PREFECT_API_KEY", "value": ""},
+        {"name": "PREFECT_API_AUTH_STRING", "value": ""},
+    ]
+    stages = {stage["stage"]: stage for stage in pipeline["stages"]}
     assert list(stages) == ["check", "preview", *(f"deploy_{env}" for env in [*preprod, prod])]
     assert "'PullRequest'" in stages["preview"]["condition"]
     preview_step = stages["preview"]["jobs"][0]["steps"][-1]
@@ -474,6 +486,8 @@ def check_azure_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules: boo
         assert scripts[deploy_at + 1] == f"make smoke ENV={env}"
         assert (scripts[-1] == "make preview-prune") == (env == [*preprod, prod][0])
         check_azure_deploy_step(repo, env, steps[deploy_at])
+        for step in steps[deploy_at + 1 :]:  # smoke and preview-prune read the API too
+            assert step["env"]["PREFECT_API_AUTH_STRING"] == "$(PREFECT_API_AUTH_STRING)"
         previous = f"deploy_{env}"
 
 
@@ -792,6 +806,7 @@ def test_readme_explains_the_platform(platform: str, rendered: Callable[..., Pat
     for path in CI_FILES[platform]:
         assert f"`{path}`" in readme, path
     assert "`PREFECT_API_URL`" in readme and "`PREFECT_API_KEY`" in readme
+    assert "`PREFECT_API_AUTH_STRING`" in readme
     assert f"`{prod}`" in readme
     diagram = readme.split("```mermaid", 1)[1].split("```", 1)[0]
     assert re.search(r"\bDEPLOY\[", diagram), "the diagram defines the deploy node"

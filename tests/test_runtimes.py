@@ -473,6 +473,9 @@ def test_helm_values_pass_the_chart_schema_and_poll_their_pool(
         values = load_yaml(path)
         assert values["worker"]["config"] == {"workPool": f"sales-etl-{env}", "type": "kubernetes"}
         assert values["worker"]["image"]["prefectTag"] == "3.9.1-python3.12-kubernetes"
+        # Basic auth comes from an existing secret, never from a value in the file.
+        basic_auth = values["worker"]["selfHostedServerApiConfig"]["basicAuth"]
+        assert basic_auth == {"enabled": False, "existingSecret": "sales-etl-prefect-auth"}
 
     # The oracle can fail: a misspelt key is rejected.
     typo = load_yaml(files[0])

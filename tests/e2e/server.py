@@ -82,14 +82,27 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
 
 @contextlib.contextmanager
 def running_server(
-    prefect: Path, home: Path, log: Path, base_env: Mapping[str, str], timeout: float = 120
+    prefect: Path,
+    home: Path,
+    log: Path,
+    base_env: Mapping[str, str],
+    timeout: float = 120,
+    *,
+    auth_string: str | None = None,
 ) -> Iterator[Server]:
-    """`prefect server start` from the given prefect executable, stopped on the way out."""
+    """`prefect server start` from the given prefect executable, stopped on the way out.
+
+    With auth_string the server requires it as basic auth (PREFECT_SERVER_API_AUTH_STRING) on
+    every request but /health; Server.env() does not carry it, a test gives clients their own.
+    """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     home.mkdir(parents=True, exist_ok=True)
     env = {**base_env, **prefect_env(home)}
     env.pop("PREFECT_API_URL", None)
+    env.pop("PREFECT_SERVER_API_AUTH_STRING", None)
+    if auth_string:
+        env["PREFECT_SERVER_API_AUTH_STRING"] = auth_string
     with log.open("wb") as out:
         process = subprocess.Popen(
             [

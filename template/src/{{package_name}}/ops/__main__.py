@@ -128,6 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"ops: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception as error:
+        # A credential the API refuses: the setting to fix, not a PrefectHTTPStatusError trace.
+        from .preflight import api_refusal
+
+        if (refused := api_refusal(error)) is None:
+            raise
+        print(f"ops: {refused}", file=sys.stderr)
+        raise SystemExit(2) from None
     return 0
 
 

@@ -2,6 +2,10 @@
 
 - PREFECT_API_URL must be set and answer. With it empty, Prefect falls back to a temporary
   local API: a CI job whose variable is missing would go green having deployed nowhere.
+- The API must accept this machine's credential for a read. The server exempts `/health` from
+  auth, so only an authenticated call, through Prefect's own client (its TLS settings and
+  headers), shows a missing or wrong PREFECT_API_AUTH_STRING or PREFECT_API_KEY before
+  anything starts.
 - Every `{{ $NAME }}` prefect.yaml reads for the environment must be set and not empty: an
   unset one deploys as '' (an ECS `cluster: ""`, an image `repo:`).
 - Azure Pipelines leaves `$(NAME)` as literal text when NAME is not defined: such a value is
@@ -14,11 +18,14 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, get_current_settings, temporary_settings
 
 from .._internal.config import ConfigError
 from .state import DesiredState
@@ -31,7 +38,7 @@ ANY_PLACEHOLDER = re.compile(r"\{\{.*?\}\}")
 # Fields that are prose, never configuration.
 FREE_TEXT = ("description",)
 # Variables every deploy sends, whether or not prefect.yaml names them.
-API_VARIABLES = ("PREFECT_API_URL", "PREFECT_API_KEY")
+API_VARIABLES = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")
 
 
 def placeholders(value: Any) -> set[str]:
@@ -82,8 +89,68 @@ def variable_problems(names: Iterable[str], environ: Mapping[str, str]) -> list[
     return problems
 
 
+def _is_cloud(url: str) -> bool:
+    """Prefect's own test for a Prefect Cloud URL (prefect/client/orchestration)."""
+    return url.startswith(get_current_settings().cloud.api_url)
+
+
+def credential_refused(url: str, status: int) -> str:
+    """Which setting to fix when the API at url answers 401 or 403; never its value."""
+    settings = get_current_settings().api
+    if _is_cloud(url):
+        name, given = "PREFECT_API_KEY", settings.key
+        wanted = "an API key of a user or service account with a role in this workspace"
+    else:
+        name, given = "PREFECT_API_AUTH_STRING", settings.auth_string
+        wanted = "the 'user:password' the server's PREFECT_SERVER_API_AUTH_STRING holds"
+    if status == 403:
+        return (
+            f"the Prefect API at {url} forbids this request (403 Forbidden): {name} is "
+            "accepted but may not do this; give its account a role that manages work pools, "
+            "deployments and concurrency limits (or check the proxy in front of the server)"
+        )
+    is_set = given is not None and bool(given.get_secret_value().strip())
+    return (
+        f"the Prefect API at {url} refused the request (401 Unauthorized): {name} "
+        f"{'was not accepted' if is_set else 'is unset'}; set it to {wanted}"
+    )
+
+
+def api_refusal(error: BaseException) -> str | None:
+    """credential_refused() for a 401 or 403 from the configured Prefect API anywhere in
+    error's chain, so an entry point can print one line instead of a traceback; None for any
+    other error (a secret backend's or a registry's 401 is not Prefect's)."""
+    url = get_current_settings().api.url
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if (
+            url
+            and isinstance(cause, httpx.HTTPStatusError)
+            and cause.response.status_code in (401, 403)
+            and str(cause.request.url).startswith(url.rstrip("/"))
+        ):
+            return credential_refused(url, cause.response.status_code)
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _unreachable(url: str, error: BaseException) -> ConfigError:
+    if isinstance(error, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(error):
+        return ConfigError(
+            f"the Prefect API at {url} failed TLS verification ({type(error).__name__}): set "
+            "PREFECT_API_SSL_CERT_FILE to the CA bundle that signed the server's certificate; "
+            "nothing was changed."
+        )
+    return ConfigError(
+        f"the Prefect API at {url} does not answer ({type(error).__name__}: {error}); "
+        "nothing was changed."
+    )
+
+
 def check_api(url: str | None, *, timeout: float = 15.0) -> None:
-    """Refuse an empty, unexpanded or unreachable Prefect API URL."""
+    """Refuse an empty, unexpanded or unreachable Prefect API URL, and a credential it refuses."""
     if not url or not url.strip():
         raise ConfigError(
             "PREFECT_API_URL is empty: set it to the environment's Prefect API. Without it "
@@ -91,14 +158,37 @@ def check_api(url: str | None, *, timeout: float = 15.0) -> None:
         )
     if problem := unexpanded("PREFECT_API_URL", url):
         raise ConfigError(f"{problem}; nothing was changed.")
-    try:
-        response = httpx.get(f"{url.rstrip('/')}/health", timeout=timeout)
-        response.raise_for_status()
-    except httpx.HTTPError as error:
-        raise ConfigError(
-            f"the Prefect API at {url} does not answer ({type(error).__name__}: {error}); "
-            "nothing was changed."
-        ) from None
+    settings = get_current_settings().api
+    auth_string = settings.auth_string.get_secret_value() if settings.auth_string else ""
+    key = settings.key.get_secret_value() if settings.key else ""
+    # Sent as they are, an Azure `$(NAME)` would be refused as a wrong credential.
+    for name, value in (("PREFECT_API_AUTH_STRING", auth_string), ("PREFECT_API_KEY", key)):
+        if problem := unexpanded(name, value):
+            raise ConfigError(f"{problem}; nothing was changed.")
+    client = SyncPrefectClient(
+        url,
+        auth_string=auth_string or None,
+        api_key=key or None,
+        httpx_settings={"timeout": timeout},
+    )
+    # One attempt each: Prefect's client retries a timeout five times with growing pauses.
+    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}), client:
+        if (error := client.api_healthcheck()) is not None:
+            raise _unreachable(url, error) from None
+        try:
+            # What reconcile reads first; /health proves nothing about the credential.
+            client.read_work_pools(limit=1)
+        except httpx.HTTPStatusError as error:
+            status = error.response.status_code
+            if status in (401, 403):
+                refused = credential_refused(url, status)
+                raise ConfigError(f"{refused}; nothing was changed.") from None
+            raise ConfigError(
+                f"the Prefect API at {url} answered {status} to a read of its work pools; "
+                "nothing was changed."
+            ) from None
+        except httpx.HTTPError as error:
+            raise _unreachable(url, error) from None
 
 
 def build_problems(state: DesiredState, root: Path) -> list[str]:

@@ -27,7 +27,7 @@ from prefect.settings import get_current_settings
 
 from .._internal.config import ConfigError
 from .deployments import deploy_environment
-from .preflight import check_api, preflight
+from .preflight import api_refusal, check_api, preflight
 from .promote import builds_image, pinned_environment, promotion_order
 from .reconcile import delete_deployment, deploy
 from .state import ENV_TAG_PREFIX, Deployment, DesiredState, read_state
@@ -139,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"Preview {deployment.full_name} is deployed: schedules off.")
     except ConfigError as error:
         parser.exit(2, f"preview: {error}\n")
+    except Exception as error:
+        if (refused := api_refusal(error)) is None:
+            raise
+        parser.exit(2, f"preview: {refused}\n")
     return 0
 
 

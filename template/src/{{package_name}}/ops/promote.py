@@ -41,7 +41,7 @@ from prefect.settings import get_current_settings
 from .._internal.config import ConfigError, read_yaml
 from .deployments import deploy_environment
 from .flows import environment_order
-from .preflight import check_api, preflight
+from .preflight import api_refusal, check_api, preflight
 from .reconcile import reconcile
 from .state import Deployment, DesiredState, read_state
 from .versions import VERSION_VAR, Version, git, image_tag, resolve_commit
@@ -266,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         deploy(args.env, args.root, to=args.to, default_branch=args.default_branch)
     except ConfigError as error:
         parser.exit(2, f"promote: {error}\n")
+    except Exception as error:
+        if (refused := api_refusal(error)) is None:
+            raise
+        parser.exit(2, f"promote: {refused}\n")
     return 0
 
 

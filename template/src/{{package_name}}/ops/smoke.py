@@ -29,6 +29,7 @@ from prefect.exceptions import ObjectNotFound
 
 from .._internal.config import ConfigError
 from .deployments import deployed_triggers, trigger_automations
+from .preflight import api_refusal
 from .state import Deployment, DesiredState, read_state
 
 SMOKE_TAG = "smoke"
@@ -181,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"smoke: --parameters is not JSON: {error}\n")
     except ConfigError as error:
         parser.exit(1, f"smoke: {error}\n")
+    except Exception as error:
+        if (refused := api_refusal(error)) is None:
+            raise
+        parser.exit(2, f"smoke: {refused}\n")
     return 0
 
 
