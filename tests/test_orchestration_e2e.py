@@ -5,7 +5,7 @@ do), then check what the declared state does at run time: the tag limit of
 config/orchestration.yaml holds a bulk flow to L task runs at once, a worker runs the ETL
 deployment, its completion triggers the downstream publish deployment, and the run-summary
 artifact reads back through the API. Limits are per environment: a dev run holding all of dev's
-slots does not delay a prod run.
+slots does not delay a prod run, and a smoke run starts no downstream deployment.
 """
 
 from __future__ import annotations
@@ -252,6 +252,29 @@ def test_a_dev_run_holding_its_whole_limit_does_not_delay_a_prod_run(pipeline: P
     assert out["dev_state"] == "FAILED"
     dev_limit = pipeline.limit(dev)[0]
     assert f"of the task tag limit on '{dev_limit}' were not free within 3 s" in out["dev_error"]
+
+
+@pytest.mark.slow
+def test_a_smoke_run_does_not_trigger_the_downstream_deployment(pipeline: Pipeline) -> None:
+    api_url, slug, environment = pipeline.server.api_url, pipeline.slug, pipeline.environment
+    downstream = api(f"{api_url}/deployments/name/{slug}-publish/{environment}")
+    before = {r["id"] for r in runs_of(api_url, downstream["id"])}
+    worker_env = {**pipeline.env, "WAREHOUSE_DSN": f"sqlite:///{pipeline.repo / 'smoke.db'}"}
+    prefect = pipeline.repo / ".venv" / "bin" / "prefect"
+    worker = [str(prefect), "worker", "start", "--pool", f"{slug}-{environment}"]
+    log = pipeline.repo.parent / "smoke-worker.log"
+    smoke = [str(BIN / "uv"), "run", "python", "-m", f"{pipeline.package}.ops.smoke"]
+    with running_worker(worker, cwd=pipeline.repo, env=worker_env, log=log):
+        output = run([*smoke, "--env", environment, "--timeout", "120"], pipeline.repo, worker_env)
+    assert f"of {slug}/{environment} (version " in output and "Completed." in output, output
+    upstream = api(f"{api_url}/deployments/name/{slug}/{environment}")
+    (smoke_run, *_) = runs_of(api_url, upstream["id"])
+    assert smoke_run["name"] == f"smoke-{environment}"
+    # The declared smoke parameters (config/orchestration.yaml), not the deployment's {}.
+    assert smoke_run["parameters"] == {"batch_size": 50}
+    # The Completed event reaches the trigger within a second or two: give it ten.
+    time.sleep(10)
+    assert {r["id"] for r in runs_of(api_url, downstream["id"])} == before
 
 
 # Two failing flow runs outside any deployment, tagged as another environment's run and as this
