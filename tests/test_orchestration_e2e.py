@@ -263,7 +263,7 @@ def test_a_smoke_run_does_not_trigger_the_downstream_deployment(pipeline: Pipeli
     prefect = pipeline.repo / ".venv" / "bin" / "prefect"
     worker = [str(prefect), "worker", "start", "--pool", f"{slug}-{environment}"]
     log = pipeline.repo.parent / "smoke-worker.log"
-    smoke = [str(BIN / "uv"), "run", "python", "-m", f"{pipeline.package}.ops.smoke"]
+    smoke = [str(pipeline.repo / ".venv" / "bin" / "python"), "-m", f"{pipeline.package}.ops.smoke"]
     with running_worker(worker, cwd=pipeline.repo, env=worker_env, log=log):
         output = run([*smoke, "--env", environment, "--timeout", "120"], pipeline.repo, worker_env)
     assert f"of {slug}/{environment} (version " in output and "Completed." in output, output
@@ -272,9 +272,44 @@ def test_a_smoke_run_does_not_trigger_the_downstream_deployment(pipeline: Pipeli
     assert smoke_run["name"] == f"smoke-{environment}"
     # The declared smoke parameters (config/orchestration.yaml), not the deployment's {}.
     assert smoke_run["parameters"] == {"batch_size": 50}
-    # The Completed event reaches the trigger within a second or two: give it ten.
-    time.sleep(10)
+    # The Completed event reaches the trigger within a second on this server: give it six.
+    time.sleep(6)
     assert {r["id"] for r in runs_of(api_url, downstream["id"])} == before
+
+
+@pytest.mark.slow
+def test_a_smoke_run_behind_a_running_run_is_reported_queued(pipeline: Pipeline) -> None:
+    """Without a worker, behind a run of its deployment that holds the environment's one slot:
+    exit 3, "queued behind" that run, not a failed smoke test."""
+    api_url, slug, environment = pipeline.server.api_url, pipeline.slug, pipeline.environment
+    upstream = api(f"{api_url}/deployments/name/{slug}/{environment}")
+    ahead = api(f"{api_url}/deployments/{upstream['id']}/create_flow_run", {"name": "ahead"})
+    set_state(api_url, ahead["id"], "RUNNING")
+    smoke = [str(pipeline.repo / ".venv" / "bin" / "python"), "-m", f"{pipeline.package}.ops.smoke"]
+    try:
+        result = subprocess.run(
+            [*smoke, "--env", environment, "--timeout", "3"],
+            cwd=pipeline.repo,
+            env=pipeline.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        # Cancelled, not Completed: a Completed run would start the publish deployment.
+        for run_ in runs_of(api_url, upstream["id"]):
+            if run_["state"]["type"] not in FINAL:
+                set_state(api_url, run_["id"], "CANCELLED")
+    output = result.stdout + result.stderr
+    assert result.returncode == 3, output
+    assert f"is queued behind ahead ({ahead['id']}, Running)" in output
+    assert "failed its smoke test" not in output
+
+
+def set_state(api_url: str, flow_run_id: str, state: str) -> None:
+    body = {"state": {"type": state}, "force": True}
+    api(f"{api_url}/flow_runs/{flow_run_id}/set_state", body)
 
 
 # Two failing flow runs outside any deployment, tagged as another environment's run and as this
