@@ -4,7 +4,8 @@ One server for the module: reconcile the first environment (twice: the second fi
 do), then check what the declared state does at run time: the tag limit of
 config/orchestration.yaml holds a bulk flow to L task runs at once, a worker runs the ETL
 deployment, its completion triggers the downstream publish deployment, and the run-summary
-artifact reads back through the API.
+artifact reads back through the API. Limits are per environment: a dev run holding all of dev's
+slots does not delay a prod run, and a smoke run starts no downstream deployment.
 """
 
 from __future__ import annotations
@@ -58,10 +59,23 @@ class Pipeline:
     def slug(self) -> str:
         return self.answers["project_slug"]
 
-    def reconcile(self) -> str:
-        package = self.answers["package_name"]
-        command = ["python", "-m", f"{package}.ops", "reconcile", "--env", self.environment]
-        return run([str(BIN / "uv"), "run", *command], cwd=self.repo, env=self.env)
+    @property
+    def last_environment(self) -> str:
+        return self.answers["environments"][-1]
+
+    @property
+    def package(self) -> str:
+        return self.answers["package_name"]
+
+    def limit(self, environment: str | None = None) -> tuple[str, int]:
+        """The first tag limit's name on the server in an environment, and its value."""
+        (tag, limit), *_ = self.answers["concurrency_limits"].items()
+        return f"{tag}-{environment or self.environment}", limit
+
+    def reconcile(self, *args: str, environment: str | None = None) -> str:
+        environment = environment or self.environment
+        command = ["python", "-m", f"{self.package}.ops", "reconcile", "--env", environment]
+        return run([str(BIN / "uv"), "run", *command, *args], cwd=self.repo, env=self.env)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +121,7 @@ def test_reconcile_applies_then_finds_nothing_to_do(pipeline: Pipeline) -> None:
 
 @pytest.mark.slow
 def test_tag_limit_caps_concurrent_task_runs(pipeline: Pipeline) -> None:
-    (tag, limit), *_ = pipeline.answers["concurrency_limits"].items()
+    tag, limit = pipeline.limit()
     tasks = 2 * limit  # one thread each: two waves if the limit holds, one if it does not
     flow_run_id = start_bulk_flow(pipeline.server.api_url, pipeline.env, tag, tasks, 2.0)
     spans = task_spans(pipeline.server.api_url, flow_run_id)
@@ -120,7 +134,7 @@ def test_tag_limit_caps_concurrent_task_runs(pipeline: Pipeline) -> None:
 @pytest.mark.slow
 def test_bounded_fan_out_keeps_the_limit_and_comes_near_the_ideal(pipeline: Pipeline) -> None:
     """The example flow's map_under_limit: no task waits on the server's back-off for a slot."""
-    (tag, limit), *_ = pipeline.answers["concurrency_limits"].items()
+    tag, limit = pipeline.limit()
     tasks, seconds = 3 * limit, 2.0
     flow_run_id = start_bulk_flow(
         pipeline.server.api_url, pipeline.env, tag, tasks, seconds, bound=limit
@@ -170,6 +184,134 @@ def test_completion_triggers_the_downstream_deployment_and_artifacts_read_back(
     report = api(f"{api_url}/artifacts/{slug}-report/latest")
     assert report["flow_run_id"] == publish["id"]
     assert f"**{rows} rows**" in report["data"]
+
+
+# While it holds every slot of dev's copy of the warehouse limit, as a dev run would, this
+# process runs the generated ETL flow as prod (PIPELINE_ENV), then as dev with a 3 s bound.
+HOLD_DEV_LIMIT = """
+import json, os, time
+from prefect.concurrency.sync import concurrency
+from {package}._internal.config import limit_name, tag_limit
+from {package}.flows.etl import WAREHOUSE_TAG, etl
+
+dev, prod, out = "{dev}", "{prod}", {{}}
+held = tag_limit(WAREHOUSE_TAG, dev)
+with concurrency("tag:" + limit_name(WAREHOUSE_TAG, dev), occupy=held, timeout_seconds=30):
+    start = time.monotonic()
+    with concurrency("tag:" + limit_name(WAREHOUSE_TAG, prod), occupy=held, timeout_seconds=5):
+        out["prod_acquire_seconds"] = time.monotonic() - start
+    os.environ["PIPELINE_ENV"] = prod
+    os.environ["PIPELINE_TASK_TIMEOUT"] = "30"  # a blocked acquire fails instead of waiting
+    start = time.monotonic()
+    out["prod_state"] = etl(return_state=True).type.value
+    out["prod_seconds"] = time.monotonic() - start
+    os.environ["PIPELINE_ENV"] = dev
+    os.environ["PIPELINE_TASK_TIMEOUT"] = "3"
+    start = time.monotonic()
+    state = etl(return_state=True)
+    out["dev_seconds"] = time.monotonic() - start
+    out["dev_state"] = state.type.value
+    try:
+        state.result()
+    except Exception as error:
+        out["dev_error"] = str(error)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_a_dev_run_holding_its_whole_limit_does_not_delay_a_prod_run(pipeline: Pipeline) -> None:
+    dev, prod = pipeline.environment, pipeline.last_environment
+    assert dev != prod
+    output = pipeline.reconcile("--skip-deploy", environment=prod)
+    assert f"create  tag limit    {pipeline.limit(prod)[0]}" in output
+    assert f"create  global limit {pipeline.slug}-source-reads-{prod}" in output
+    api_url = pipeline.server.api_url
+    names = {limit["name"] for limit in api(f"{api_url}/v2/concurrency_limits/filter", {})}
+    for environment in (dev, prod):
+        assert f"tag:{pipeline.limit(environment)[0]}" in names
+        assert f"{pipeline.slug}-source-reads-{environment}" in names
+    tag = next(iter(pipeline.answers["concurrency_limits"]))
+    assert f"tag:{tag}" not in names  # no limit every environment shares
+
+    script = HOLD_DEV_LIMIT.format(package=pipeline.package, dev=dev, prod=prod)
+    env = {**pipeline.env, "WAREHOUSE_DSN": f"sqlite:///{pipeline.repo / 'limits.db'}"}
+    python = str(pipeline.repo / ".venv" / "bin" / "python")
+    result = subprocess.run(
+        [python, "-c", script],
+        cwd=pipeline.repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"\nwith dev's slots held: {out}")
+    assert out["prod_acquire_seconds"] < 5
+    assert out["prod_state"] == "COMPLETED"
+    assert out["dev_state"] == "FAILED"
+    dev_limit = pipeline.limit(dev)[0]
+    assert f"of the task tag limit on '{dev_limit}' were not free within 3 s" in out["dev_error"]
+
+
+@pytest.mark.slow
+def test_a_smoke_run_does_not_trigger_the_downstream_deployment(pipeline: Pipeline) -> None:
+    api_url, slug, environment = pipeline.server.api_url, pipeline.slug, pipeline.environment
+    downstream = api(f"{api_url}/deployments/name/{slug}-publish/{environment}")
+    before = {r["id"] for r in runs_of(api_url, downstream["id"])}
+    worker_env = {**pipeline.env, "WAREHOUSE_DSN": f"sqlite:///{pipeline.repo / 'smoke.db'}"}
+    prefect = pipeline.repo / ".venv" / "bin" / "prefect"
+    worker = [str(prefect), "worker", "start", "--pool", f"{slug}-{environment}"]
+    log = pipeline.repo.parent / "smoke-worker.log"
+    smoke = [str(pipeline.repo / ".venv" / "bin" / "python"), "-m", f"{pipeline.package}.ops.smoke"]
+    with running_worker(worker, cwd=pipeline.repo, env=worker_env, log=log):
+        output = run([*smoke, "--env", environment, "--timeout", "120"], pipeline.repo, worker_env)
+    assert f"of {slug}/{environment} (version " in output and "Completed." in output, output
+    upstream = api(f"{api_url}/deployments/name/{slug}/{environment}")
+    (smoke_run, *_) = runs_of(api_url, upstream["id"])
+    assert smoke_run["name"] == f"smoke-{environment}"
+    # The declared smoke parameters (config/orchestration.yaml), not the deployment's {}.
+    assert smoke_run["parameters"] == {"batch_size": 50}
+    # The Completed event reaches the trigger within a second on this server: give it six.
+    time.sleep(6)
+    assert {r["id"] for r in runs_of(api_url, downstream["id"])} == before
+
+
+@pytest.mark.slow
+def test_a_smoke_run_behind_a_running_run_is_reported_queued(pipeline: Pipeline) -> None:
+    """Without a worker, behind a run of its deployment that holds the environment's one slot:
+    exit 3, "queued behind" that run, not a failed smoke test."""
+    api_url, slug, environment = pipeline.server.api_url, pipeline.slug, pipeline.environment
+    upstream = api(f"{api_url}/deployments/name/{slug}/{environment}")
+    ahead = api(f"{api_url}/deployments/{upstream['id']}/create_flow_run", {"name": "ahead"})
+    set_state(api_url, ahead["id"], "RUNNING")
+    smoke = [str(pipeline.repo / ".venv" / "bin" / "python"), "-m", f"{pipeline.package}.ops.smoke"]
+    try:
+        result = subprocess.run(
+            [*smoke, "--env", environment, "--timeout", "3"],
+            cwd=pipeline.repo,
+            env=pipeline.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        # Cancelled, not Completed: a Completed run would start the publish deployment.
+        for run_ in runs_of(api_url, upstream["id"]):
+            if run_["state"]["type"] not in FINAL:
+                set_state(api_url, run_["id"], "CANCELLED")
+    output = result.stdout + result.stderr
+    assert result.returncode == 3, output
+    assert f"is queued behind ahead ({ahead['id']}, Running)" in output
+    assert "failed its smoke test" not in output
+
+
+def set_state(api_url: str, flow_run_id: str, state: str) -> None:
+    body = {"state": {"type": state}, "force": True}
+    api(f"{api_url}/flow_runs/{flow_run_id}/set_state", body)
 
 
 # Two failing flow runs outside any deployment, tagged as another environment's run and as this

@@ -76,7 +76,47 @@ def read_environment(environment: str, directory: Path | None = None) -> dict[st
     return {"environment": environment, **read_yaml(directory / f"{environment}.yaml")}
 
 
-def tag_limit(tag: str, directory: Path | None = None) -> int | None:
-    """The task tag limit config/orchestration.yaml declares for `tag`, if it declares one."""
-    limits = read_yaml((directory or config_dir()) / "orchestration.yaml").get("tag_limits") or {}
-    return int(limits[tag]) if tag in limits else None
+def limit_name(name: str, environment: str) -> str:
+    """The server's name of a limit of config/orchestration.yaml in one environment.
+
+    Limits are server-wide, so each environment gets its own copy (shared-db-dev,
+    shared-db-prod, as work pools are <project>-<env>): a dev, preview or smoke run on a shared
+    server never takes a prod slot. Environment names hold no dash, so a name maps back to one
+    limit and one environment.
+    """
+    return f"{name}-{environment}"
+
+
+def environment_limits(
+    environment: str, orchestration: dict[str, Any]
+) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
+    """The tag and global limits of config/orchestration.yaml with `environment`'s own values
+    (its entry under environment_limits) over the shared ones, by their declared names."""
+    tags = {str(k): int(v) for k, v in (orchestration.get("tag_limits") or {}).items()}
+    declared = orchestration.get("global_limits") or {}
+    globals_ = {str(name): dict(spec or {}) for name, spec in declared.items()}
+    own = (orchestration.get("environment_limits") or {}).get(environment) or {}
+    for tag, value in (own.get("tag_limits") or {}).items():
+        if tag not in tags:
+            raise ConfigError(
+                f"config/orchestration.yaml: environment_limits.{environment} sets tag limit "
+                f"'{tag}', which tag_limits does not declare."
+            )
+        tags[tag] = int(value)
+    for name, spec in (own.get("global_limits") or {}).items():
+        if name not in globals_ or not isinstance(spec, dict):
+            raise ConfigError(
+                f"config/orchestration.yaml: environment_limits.{environment} sets global limit "
+                f"'{name}', which global_limits does not declare (or not as a mapping)."
+            )
+        globals_[name] = {**globals_[name], **spec}
+    return tags, globals_
+
+
+def tag_limit(
+    tag: str, environment: str | None = None, directory: Path | None = None
+) -> int | None:
+    """The value config/orchestration.yaml gives `tag`'s limit in `environment` (the shared
+    one without an environment, as flows written before per-environment limits ask), if any."""
+    orchestration = read_yaml((directory or config_dir()) / "orchestration.yaml")
+    return environment_limits(environment or "", orchestration)[0].get(tag)

@@ -34,7 +34,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument(
         "--prune",
         action="store_true",
-        help="also delete this environment's deployments and automations no longer declared",
+        help="also delete this environment's deployments, automations, limits no longer declared",
     )
     run.add_argument(
         "--prebuilt-image",

@@ -55,11 +55,12 @@ def environment_defaults(project: dict[str, Any], environment: str) -> dict[str,
 
 def downstream_trigger(upstream_flow: str, environment: str) -> dict[str, Any]:
     """Start the deployment after each Completed run of upstream_flow's deployment in the same
-    environment, as prefect.yaml's publish deployment starts after the ETL's."""
+    environment, as prefect.yaml's publish deployment starts after the ETL's: never after a
+    smoke run (named smoke-<env>, ops/smoke.py; Prefect negates a label pattern with "!")."""
     return {
         "type": "event",
         "expect": ["prefect.flow-run.Completed"],
-        "match": {"prefect.resource.id": "prefect.flow-run.*"},
+        "match": {"prefect.resource.id": "prefect.flow-run.*", "prefect.resource.name": "!smoke-*"},
         "match_related": [
             {"prefect.resource.role": "flow", "prefect.resource.name": upstream_flow},
             {"prefect.resource.role": "deployment", "prefect.resource.name": environment},

@@ -3,9 +3,11 @@
 Plan first, then apply: every change is listed before it is made, a dry run stops after the
 plan, and a second run finds nothing to do. Only objects named in config/ and prefect.yaml are
 created or updated; --prune also deletes this environment's deployments and automations that
-are no longer declared, found by their project:<name> and env:<env> tags. Other projects'
-objects are never touched: a task tag limit, server-wide, has one owning project and is shared
-or refused by the rule in ops/ownership.py, never overwritten.
+are no longer declared, found by their project:<name> and env:<env> tags, and the limits this
+project recorded as its own in this environment. Limits are per environment (<name>-<env>,
+_internal/config.py). Other projects' objects are never touched: a task tag limit, server-wide,
+has one owning project and is shared or refused by the rule in ops/ownership.py, never
+overwritten.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,15 @@ from .deployments import (
     project_deployments,
 )
 from .flows import all_deployments, team_deployments
-from .ownership import read_owner, record_owner, refusal
+from .ownership import (
+    GLOBAL_OWNER_PREFIX,
+    forget_owner,
+    owned_limits,
+    read_owner,
+    record_global_owner,
+    record_owner,
+    refusal,
+)
 from .prefect_cli import run_prefect
 from .results import desired_block, fields_of, saved_fields
 from .state import DesiredState
@@ -124,15 +134,61 @@ def plan_tag_limits(client: SyncPrefectClient, state: DesiredState) -> list[Chan
                 tag,
                 "create" if current is None else "update",
                 detail,
-                lambda tag=tag, limit=limit: set_tag_limit(client, tag, limit, state.project),
+                lambda tag=tag, limit=limit: set_tag_limit(client, tag, limit, state),
             )
         )
     return changes
 
 
-def set_tag_limit(client: SyncPrefectClient, tag: str, limit: int, project: str) -> None:
+def set_tag_limit(client: SyncPrefectClient, tag: str, limit: int, state: DesiredState) -> None:
     client.create_concurrency_limit(tag, limit)  # creates or updates
-    record_owner(client, tag, project, limit)
+    record_owner(client, tag, state.project, limit, state.environment)
+
+
+def create_global_limit(
+    client: SyncPrefectClient, create: GlobalConcurrencyLimitCreate, state: DesiredState
+) -> None:
+    client.create_global_concurrency_limit(create)
+    record_global_owner(client, create.name, state.project, state.environment)
+
+
+def plan_limit_pruning(
+    client: SyncPrefectClient, state: DesiredState, *, prune: bool
+) -> list[Change]:
+    """Deletions of the limits this project owns in this environment and no longer declares
+    (a renamed or removed limit); with prune only, else a note for each."""
+    tags, names = owned_limits(client, state.project, state.environment)
+    declared_globals = {want.name for want in state.global_limits}
+    stale = [("tag limit", tag) for tag in tags if tag not in state.tag_limits]
+    stale += [("global limit", name) for name in names if name not in declared_globals]
+    changes = []
+    for kind, name in stale:
+        if not prune:
+            print(f"  note: {kind} {name} is not in config/orchestration.yaml (--prune deletes it)")
+            continue
+        delete = delete_tag_limit if kind == "tag limit" else delete_global_limit
+        changes.append(
+            Change(
+                kind,
+                name,
+                "delete",
+                "not in config/orchestration.yaml",
+                lambda delete=delete, name=name: delete(client, name),
+            )
+        )
+    return changes
+
+
+def delete_tag_limit(client: SyncPrefectClient, tag: str) -> None:
+    with suppress(ObjectNotFound):  # deleted by hand meanwhile
+        client.delete_concurrency_limit_by_tag(tag)
+    forget_owner(client, tag)
+
+
+def delete_global_limit(client: SyncPrefectClient, name: str) -> None:
+    with suppress(ObjectNotFound):
+        client.delete_global_concurrency_limit_by_name(name)
+    forget_owner(client, name, GLOBAL_OWNER_PREFIX)
 
 
 def plan_global_limits(client: SyncPrefectClient, state: DesiredState) -> list[Change]:
@@ -150,7 +206,7 @@ def plan_global_limits(client: SyncPrefectClient, state: DesiredState) -> list[C
                     want.name,
                     "create",
                     f"limit {want.limit}",
-                    lambda create=create: client.create_global_concurrency_limit(create),
+                    lambda create=create: create_global_limit(client, create, state),
                 )
             )
             continue
@@ -363,6 +419,7 @@ def reconcile(
             + plan_tag_limits(client, state)
             + plan_global_limits(client, state)
             + plan_result_storage(state)
+            + plan_limit_pruning(client, state, prune=prune)
         )
         automation_changes, unchanged = plan_automations(client, state, prune=prune)
         changes += automation_changes

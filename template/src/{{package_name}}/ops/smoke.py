@@ -6,12 +6,16 @@ tagged `smoke`, keeping the deployment's version: what the next environment's pr
 looks for, ops/promote.py); every triggered one must exist on the server with the triggers
 prefect.yaml or flows.yaml declare, pointing at an upstream deployment this environment has.
 A run that fails, crashes or does not finish in time, or a triggered deployment missing or
-pointing elsewhere, exits non-zero and stops the promotion.
+pointing elsewhere, exits 1 and stops the promotion. A run still waiting at the deadline behind
+another run of its deployment (the environment's one-run-at-a-time limit, or a scheduled run)
+exits 3: the deploy is applied, and the smoke run stays queued and runs after it.
 
---parameters is a JSON object of each flow's parameters, by flow name
-(`{"<flow>": {"batch_size": 10}}`), for flows where a full run takes too long; a flow it does
-not name runs with its deployment's own. An object that names no flow is the parameters of
-the environment's first deployment, as before there were several.
+The parameters are config/orchestration.yaml's `smoke:` ones (a small, safe run, per
+environment), unless --parameters gives a JSON object of each flow's parameters, by flow name
+(`{"<flow>": {"batch_size": 10}}`); a flow it does not name runs with its deployment's own. An
+object that names no flow is the parameters of the environment's first deployment, as before
+there were several. Smoke runs are named smoke-<env>, and every downstream trigger excludes
+runs so named (prefect.yaml, ops/flows.py): a smoke run never starts a downstream deployment.
 """
 
 from __future__ import annotations
@@ -27,13 +31,34 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
-from .._internal.config import ConfigError
+from .._internal.config import ConfigError, read_yaml
 from .deployments import deployed_triggers, trigger_automations
 from .preflight import api_refusal
 from .state import Deployment, DesiredState, read_state
 
 SMOKE_TAG = "smoke"
+# Smoke runs' names start with it; downstream triggers match runs whose name does not.
+SMOKE_RUN_PREFIX = "smoke-"
 POLL_SECONDS = 2
+# The exit code of a smoke run still queued at the deadline: not a failed deploy.
+QUEUED_EXIT_CODE = 3
+
+
+class SmokeQueuedError(ConfigError):
+    """A smoke run is still waiting behind other runs of its deployment at the deadline."""
+
+
+def declared_parameters(environment: str, root: Path) -> dict[str, Any]:
+    """config/orchestration.yaml's smoke parameters for `environment`, by flow name."""
+    declared = read_yaml(root / "config" / "orchestration.yaml").get("smoke") or {}
+    shared = declared.get("parameters") or {}
+    own = (declared.get("environments") or {}).get(environment) or {}
+    if not isinstance(shared, dict) or not isinstance(own, dict):
+        raise ConfigError(
+            "config/orchestration.yaml: smoke.parameters and each smoke.environments entry "
+            "must map flow names to their parameters."
+        )
+    return {**shared, **own}
 
 
 def untriggered(state: DesiredState) -> list[Deployment]:
@@ -60,12 +85,12 @@ def parameters_by_deployment(
     if len(named) != len(given):
         others = ", ".join(sorted(set(given) - flows))
         raise ConfigError(
-            f"--parameters names flows ({', '.join(named)}) and also {others}, which is no "
+            f"the smoke parameters name flows ({', '.join(named)}) and also {others}, which is no "
             f"flow of '{state.environment}' without a trigger ({', '.join(sorted(flows))})."
         )
     for key in named:
         if not isinstance(given[key], dict):
-            raise ConfigError(f"--parameters: the parameters of '{key}' must be a JSON object.")
+            raise ConfigError(f"smoke parameters: those of '{key}' must be a JSON object.")
     return {d.full_name: given.get(d.flow_name, {}) for d in runs}
 
 
@@ -78,12 +103,54 @@ def wait_for(client: SyncPrefectClient, flow_run: FlowRun, deadline: float) -> F
         time.sleep(POLL_SECONDS)
 
 
-def outcome_problem(deployment: Deployment, flow_run: FlowRun, timeout: float) -> str | None:
+ACTIVE_STATES = ["RUNNING", "PENDING", "CANCELLING"]
+
+
+def queued_behind(client: SyncPrefectClient, flow_run: FlowRun) -> list[FlowRun]:
+    """The other runs of the flow run's deployment it waits behind: the ones active now."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    if flow_run.deployment_id is None:
+        return []
+    runs = client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[flow_run.deployment_id])),
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType(s) for s in ACTIVE_STATES])
+            )
+        ),
+        limit=20,
+    )
+    return [run for run in runs if run.id != flow_run.id]
+
+
+def outcome_problem(
+    deployment: Deployment,
+    flow_run: FlowRun,
+    timeout: float,
+    ahead: list[FlowRun] | None = None,
+) -> str | None:
     outcome = flow_run.state
     where = (
         f"smoke run {flow_run.id} of {deployment.full_name} (version {flow_run.deployment_version})"
     )
     if outcome is None or not outcome.is_final():
+        if outcome is not None and (outcome.is_scheduled() or outcome.is_pending()) and ahead:
+            names = ", ".join(
+                f"{run.name} ({run.id}, {run.state.name if run.state else 'no state'})"
+                for run in ahead
+            )
+            return (
+                f"{where} is queued behind {names} after {timeout:.0f} s (state "
+                f"{outcome.name}): the deploy is applied; it runs when they finish."
+            )
         return (
             f"{where} did not finish within {timeout:.0f} s (state "
             f"{outcome.name if outcome else 'none'}): is a worker polling {deployment.work_pool}?"
@@ -149,7 +216,8 @@ def smoke(state: DesiredState, parameters: dict[str, Any], timeout: float) -> li
                 parameters=by_deployment[deployment.full_name],
                 timeout=0,
                 tags=[SMOKE_TAG],
-                flow_run_name=f"smoke-{state.environment}",
+                # Downstream triggers skip runs so named (prefect.yaml, ops/flows.py).
+                flow_run_name=f"{SMOKE_RUN_PREFIX}{state.environment}",
                 as_subflow=False,
             ),
         )
@@ -157,8 +225,20 @@ def smoke(state: DesiredState, parameters: dict[str, Any], timeout: float) -> li
     ]
     with get_client(sync_client=True) as client:
         finished = [(d, wait_for(client, run, deadline)) for d, run in started]
-        problems = [p for d, run in finished if (p := outcome_problem(d, run, timeout))]
+        waiting = {
+            run.id: queued_behind(client, run)
+            for _, run in finished
+            if run.state and (run.state.is_scheduled() or run.state.is_pending())
+        }
+        problems = [
+            p for d, run in finished if (p := outcome_problem(d, run, timeout, waiting.get(run.id)))
+        ]
         problems += trigger_problems(client, state)
+    queued = [p for p in problems if " is queued behind " in p]
+    if problems and len(queued) == len(problems):
+        raise SmokeQueuedError(
+            "\n  ".join([f"'{state.environment}''s smoke runs are queued:", *problems])
+        )
     if problems:
         raise ConfigError("\n  ".join([f"'{state.environment}' failed its smoke test:", *problems]))
     return [run for _, run in finished]
@@ -169,17 +249,26 @@ def main(argv: list[str] | None = None) -> int:
         prog="smoke", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--env", required=True, help="the environment, as in config/<env>.yaml")
-    parser.add_argument("--parameters", default="{}", help="the runs' parameters, as JSON")
+    parser.add_argument(
+        "--parameters",
+        default="",
+        help="the runs' parameters, as JSON (default: config/orchestration.yaml's smoke:)",
+    )
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the runs")
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="the repository root")
     args = parser.parse_args(argv)
     try:
-        parameters = json.loads(args.parameters)
+        if args.parameters.strip():
+            parameters = json.loads(args.parameters)
+        else:
+            parameters = declared_parameters(args.env, args.root)
         if not isinstance(parameters, dict):
             raise ConfigError(f"--parameters must be a JSON object, not {args.parameters!r}.")
         smoke(read_state(args.env, args.root), parameters, args.timeout)
     except json.JSONDecodeError as error:
         parser.exit(2, f"smoke: --parameters is not JSON: {error}\n")
+    except SmokeQueuedError as error:
+        parser.exit(QUEUED_EXIT_CODE, f"smoke: {error}\n")
     except ConfigError as error:
         parser.exit(1, f"smoke: {error}\n")
     except Exception as error:

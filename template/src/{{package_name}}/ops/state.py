@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from prefect.workers.base import BaseWorker
 
-from .._internal.config import ConfigError, read_yaml
+from .._internal.config import ConfigError, environment_limits, limit_name, read_yaml
 from .flows import all_deployments
 
 if TYPE_CHECKING:
@@ -153,15 +153,17 @@ def read_state(environment: str, root: Path) -> DesiredState:
         raise ConfigError(f"prefect.yaml has no deployment tagged 'env:{environment}'.")
     pool_type = orchestration.get("work_pool_type") or "process"
     template = base_job_template(orchestration, root)
+    tag_limits, global_limits = environment_limits(environment, orchestration)
     return DesiredState(
         environment=environment,
         project=project["name"],
         work_pool_type=pool_type,
         work_pools={d.work_pool: template for d in deployments},
-        tag_limits={str(k): int(v) for k, v in (orchestration.get("tag_limits") or {}).items()},
+        # The environment's own copies (_internal/config.py, limit_name).
+        tag_limits={limit_name(tag, environment): value for tag, value in tag_limits.items()},
         global_limits=[
-            GlobalLimit(name=name, **spec)
-            for name, spec in (orchestration.get("global_limits") or {}).items()
+            GlobalLimit(name=limit_name(name, environment), **spec)
+            for name, spec in global_limits.items()
         ],
         deployments=deployments,
         automations=read_automations(environment, project["name"], orchestration),

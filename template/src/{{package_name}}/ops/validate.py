@@ -20,7 +20,7 @@ from prefect.client.schemas.schedules import CronSchedule
 from prefect.events.schemas.automations import AutomationCore
 from pydantic import BaseModel, ValidationError
 
-from .._internal.config import environment_names, read_yaml
+from .._internal.config import ConfigError, environment_limits, environment_names, read_yaml
 from .automations import LOCAL_KEYS
 from .flow_checks import check_entrypoint, flow_problems
 from .state import base_job_template
@@ -76,6 +76,27 @@ def check_automations(orchestration: dict[str, Any], environments: list[str]) ->
     return problems
 
 
+def check_environment_entries(orchestration: dict[str, Any], environments: list[str]) -> list[str]:
+    """Per-environment limits and smoke parameters name known environments and limits."""
+    problems = []
+    smoke = orchestration.get("smoke") or {}
+    for section, entries in [
+        ("environment_limits", orchestration.get("environment_limits") or {}),
+        ("smoke.environments", smoke.get("environments") or {}),
+    ]:
+        for env in sorted(set(entries) - set(environments)):
+            problems.append(
+                f"config/orchestration.yaml: {section} names environment '{env}', which has no "
+                f"config/{env}.yaml"
+            )
+    for env in environments:
+        try:
+            environment_limits(env, orchestration)
+        except (ConfigError, TypeError, ValueError) as error:
+            problems.append(str(error))
+    return problems
+
+
 def validate(root: Path) -> list[str]:
     """Every problem found, as one line each; empty when all is well."""
     project = read_yaml(root / "prefect.yaml")
@@ -90,6 +111,7 @@ def validate(root: Path) -> list[str]:
         problems.append(f"prefect.yaml does not match Prefect's model: {error}")
     orchestration = read_yaml(root / "config" / "orchestration.yaml")
     problems += check_automations(orchestration, environment_names(root / "config"))
+    problems += check_environment_entries(orchestration, environment_names(root / "config"))
     template = base_job_template(orchestration, root)
     variables = set(template["variables"]["properties"])
     deployed_envs = set()
