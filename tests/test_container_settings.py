@@ -90,8 +90,11 @@ def test_backend_settings_reach_the_container_from_deploy_variables(
 
 def test_process_workers_keep_their_own_environment(renders: dict[tuple, Path]) -> None:
     for deployment in deployments(renders[("process", "vault")]):
+        # The run's own settings and how Prefect starts it in the clone's locked environment.
         assert deployment["work_pool"]["job_variables"]["env"] == {
-            "PIPELINE_ENV": env_of(deployment)
+            "PIPELINE_ENV": env_of(deployment),
+            "PREFECT_RUNNER_AUTO_INSTALL_DEPENDENCIES": "true",
+            "UV_FROZEN": "1",
         }
 
 
