@@ -1,6 +1,6 @@
 """Where an environment's alerts go: a Prefect notification block made from a secret.
 
-config/orchestration.yaml's `alerts: {secret: alerts-target, kind: auto}` names the secret, read
+config/orchestration.yaml's `alerts: {target: alerts-target, kind: auto}` names the secret, read
 with get_secret in the environment being reconciled; reconcile saves it as the notification
 block <project>-<env>-alerts, and an automation action `block_document: alerts` sends to it.
 The kind follows the value unless `kind:` says it:
@@ -38,7 +38,7 @@ from .state import DesiredState
 
 # What an automation action writes as `block_document:` to mean this environment's target.
 TARGET_REFERENCE = "alerts"
-# The name config/secrets.yaml declares the target under, unless alerts.secret names another.
+# The name config/secrets.yaml declares the target under, unless alerts.target names another.
 TARGET_DECLARED_AS = "alerts-target"
 TEAMS_HOSTS = ("logic.azure.com", "powerplatform.com", "powerautomate.com", "webhook.office.com")
 
@@ -61,7 +61,7 @@ def target_name(project: str, environment: str) -> str:
 
 
 def secret_name(state: DesiredState) -> str:
-    return str(state.alerts.get("secret") or TARGET_DECLARED_AS)
+    return str(state.alerts.get("target") or TARGET_DECLARED_AS)
 
 
 def kind_of(value: str) -> str:
@@ -171,8 +171,7 @@ def desired_target(state: DesiredState) -> tuple[Target | None, str]:
         kind = kind_of(value)
     if kind not in BLOCKS:
         raise ConfigError(
-            f"config/orchestration.yaml: alerts kind '{kind}' is none of auto, "
-            f"{', '.join(BLOCKS)}."
+            f"config/orchestration.yaml: alerts kind '{kind}' is none of auto, {', '.join(BLOCKS)}."
         )
     name = target_name(state.project, state.environment)
     try:

@@ -397,9 +397,7 @@ def reconcile(
         # Before the automations, which send to it.
         target_changes, target = plan_alerts_target(state)
         changes += target_changes
-        automation_changes, unchanged = plan_automations(
-            client, state, prune=prune, target=target
-        )
+        automation_changes, unchanged = plan_automations(client, state, prune=prune, target=target)
         changes += automation_changes
         if not skip_deploy:
             deployment_changes, unchanged_deployments = plan_deployments(
