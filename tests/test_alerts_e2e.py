@@ -25,13 +25,20 @@ from typing import Any
 import pytest
 
 from bench.concurrency_bench import api
-from tests.e2e.server import Server, running_server
+from tests.e2e.server import Server, running_server, running_worker
 from tests.rendering import BIN, answers_of, run, sync
 
 pytestmark = [pytest.mark.xdist_group("alerts"), pytest.mark.slow]
 
 # Time for a wrongly matched second notification to arrive after the first.
 QUIET_SECONDS = 5
+# The server marks a worker offline after 2 missed heartbeats, checked every 2 s, and the
+# worker beats every 2 s: a stopped worker's pool is not ready within seconds, not minutes.
+FAST_FOREMAN = {
+    "PREFECT_SERVER_SERVICES_FOREMAN_LOOP_SECONDS": "2",
+    "PREFECT_SERVER_SERVICES_FOREMAN_INACTIVITY_HEARTBEAT_MULTIPLE": "2",
+}
+WORKER_HEARTBEAT = {"PREFECT_WORKER_HEARTBEAT_SECONDS": "2"}
 
 
 @dataclass
@@ -47,18 +54,22 @@ class Receiver:
             return [m for m in self.messages if predicate(m)]
 
     def wait_for_one(
-        self, predicate: Callable[[dict[str, Any]], bool], what: str, timeout: float = 60
+        self,
+        predicate: Callable[[dict[str, Any]], bool],
+        what: str,
+        timeout: float = 60,
+        seen: int = 0,
     ) -> dict[str, Any]:
-        """The one notification matching predicate: fails if none comes within timeout, or a
-        second one follows within QUIET_SECONDS."""
+        """The one notification matching predicate after the `seen` ones already received:
+        fails if none comes within timeout, or a second one follows within QUIET_SECONDS."""
         deadline = time.monotonic() + timeout
-        while not self.received(predicate):
+        while len(self.received(predicate)) <= seen:
             assert time.monotonic() < deadline, (
                 f"no notification for {what} after {timeout:.0f} s; received: {self.messages}"
             )
             time.sleep(0.5)
         time.sleep(QUIET_SECONDS)
-        matching = self.received(predicate)
+        matching = self.received(predicate)[seen:]
         assert len(matching) == 1, f"{len(matching)} notifications for {what}: {matching}"
         return matching[0]
 
@@ -123,7 +134,9 @@ def alerted(default_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     prefect = repo / ".venv" / "bin" / "prefect"
     with (
         running_receiver() as receiver,
-        running_server(prefect, workdir / "home", workdir / "server.log", env) as server,
+        running_server(
+            prefect, workdir / "home", workdir / "server.log", {**env, **FAST_FOREMAN}
+        ) as server,
     ):
         # The env backend reads the secret alerts-target from ALERTS_TARGET.
         alerted = Alerted(
@@ -220,3 +233,24 @@ def test_a_late_run_delivers_one_notification(alerted: Alerted) -> None:
             f"{api_url}/flow_runs/{flow_run['id']}/set_state",
             {"state": {"type": "CANCELLED"}, "force": True},
         )
+
+
+def test_a_stopped_worker_delivers_one_pool_notification(alerted: Alerted) -> None:
+    api_url, pool = alerted.server.api_url, f"{alerted.slug}-{alerted.environment}"
+
+    def about_the_pool(message: dict[str, Any]) -> bool:
+        text = message.get("text", "")
+        return f"Work pool {pool} is not ready" in text and f"({alerted.environment})" in text
+
+    seen = len(alerted.receiver.received(about_the_pool))
+    prefect = alerted.repo / ".venv" / "bin" / "prefect"
+    log = alerted.repo.parent / "worker.log"
+    worker = [str(prefect), "worker", "start", "--pool", pool]
+    with running_worker(worker, cwd=alerted.repo, env={**alerted.env, **WORKER_HEARTBEAT}, log=log):
+        deadline = time.monotonic() + 60
+        while api(f"{api_url}/work_pools/{pool}")["status"] != "READY":
+            assert time.monotonic() < deadline, (
+                "the pool was not ready 60 s after its worker started"
+            )
+            time.sleep(1)
+    alerted.receiver.wait_for_one(about_the_pool, f"the pool {pool} losing its worker", seen=seen)

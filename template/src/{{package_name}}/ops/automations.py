@@ -27,6 +27,9 @@ from .state import Automation, DesiredState
 
 # Keys of config/orchestration.yaml's automation entries that are ours, not Prefect's.
 LOCAL_KEYS = {"environments", "scope"}
+# What `scope:` narrows an event trigger to: this project's flow runs in the environment (tags),
+# or the environment's work pools (by name: pool events carry no tags).
+SCOPES = ("flow-runs", "work-pools")
 # The target's id in a plan made before its block is saved: the automation then differs from
 # any saved one, and its apply resolves the real id once the block exists.
 UNSAVED = UUID(int=0)
@@ -98,10 +101,10 @@ def desired_automation(
 ) -> AutomationCore:
     spec = {k: v for k, v in automation.spec.items() if k not in LOCAL_KEYS}
     scope = str(automation.spec.get("scope") or "flow-runs")
-    if scope not in {"flow-runs", "work-pools"}:
+    if scope not in SCOPES:
         raise ConfigError(
             f"config/orchestration.yaml: automation '{automation.key}': scope '{scope}' is "
-            "none of flow-runs, work-pools."
+            f"none of {', '.join(SCOPES)}."
         )
     spec["trigger"] = scoped_trigger(spec["trigger"], state, scope)
     spec["actions"] = [
