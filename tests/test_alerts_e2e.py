@@ -1,9 +1,12 @@
 """Alerts on a real local Prefect server with the default render: `make reconcile`'s path saves
 the environment's alerts target from its secret (the env backend's ALERTS_TARGET, here a webhook
-receiver on 127.0.0.1) and applies the automations; then a failed run and a late run each
-deliver exactly one notification naming the project, the environment and the run.
+receiver on 127.0.0.1) and applies the automations; then a failed run, a late run, a stopped
+worker (its pool not ready) and a flow-run process killed with SIGKILL (no heartbeat, marked
+Crashed) each deliver exactly one notification naming the project, the environment and the run
+or pool.
 
-One server, one install and one reconcile for the module (about a minute on 2 cores).
+One server, one install and one reconcile for the module (about a minute on 2 cores), then
+10-60 s per test.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -160,7 +164,8 @@ def test_reconcile_saves_the_target_and_applies_the_automations(alerted: Alerted
     first, second = alerted.reconciles
     block = f"custom-webhook/{alerted.slug}-{alerted.environment}-alerts"
     assert f"create  block        {block}" in first, first
-    for key in ("failed-runs", "late-runs", "stuck-pending", "stuck-running", "pool-not-ready"):
+    keys = ("failed-runs", "late-runs", "stuck-pending", "stuck-running", "lost-heartbeat")
+    for key in (*keys, "pool-not-ready"):
         assert f"create  automation   {alerted.slug}/{alerted.environment}/{key}" in first, first
     # Only where the schedule is active: the last environment.
     assert "no-completed-run" not in first
@@ -254,3 +259,66 @@ def test_a_stopped_worker_delivers_one_pool_notification(alerted: Alerted) -> No
             )
             time.sleep(1)
     alerted.receiver.wait_for_one(about_the_pool, f"the pool {pool} losing its worker", seen=seen)
+
+
+SLEEPING_RUN = """
+import time
+
+from prefect import flow, tags
+
+
+@flow(name="sleeping-example", flow_run_name="{run_name}")
+def sleeping() -> None:
+    time.sleep(300)
+
+
+with tags("project:{slug}", "env:{environment}"):
+    sleeping()
+"""
+
+
+def test_a_killed_run_is_marked_crashed_and_delivers_one_notification(alerted: Alerted) -> None:
+    """A flow run's process killed with SIGKILL sends no final state: with no heartbeat within
+    lost-heartbeat's bound (40 s here, heartbeats every 30 s) the run is marked Crashed, and
+    failed-runs notifies it."""
+    api_url, run_name = alerted.server.api_url, "killed-alert-probe"
+    config = alerted.repo / "config" / "orchestration.yaml"
+    text = config.read_text(encoding="utf-8")
+    assert text.count("within: 600") == 1, "lost-heartbeat's bound moved"
+    config.write_text(text.replace("within: 600", "within: 40"), encoding="utf-8")
+    assert f"update  automation   {alerted.slug}/{alerted.environment}/lost-heartbeat" in (
+        alerted.reconcile()
+    )
+    script = SLEEPING_RUN.format(
+        run_name=run_name, slug=alerted.slug, environment=alerted.environment
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=alerted.repo,
+        env={**alerted.env, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            runs = api(f"{api_url}/flow_runs/filter", {"flow_runs": {"name": {"any_": [run_name]}}})
+            beats = api(
+                f"{api_url}/events/filter",
+                {"filter": {"event": {"name": ["prefect.flow-run.heartbeat"]}}, "limit": 50},
+            )["events"]
+            if runs and any(e["resource"].get("prefect.resource.name") == run_name for e in beats):
+                break
+            assert time.monotonic() < deadline, "no heartbeat from the sleeping run after 60 s"
+            time.sleep(1)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    (flow_run,) = runs
+    assert api(f"{api_url}/flow_runs/{flow_run['id']}")["state"]["type"] == "RUNNING"
+    message = alerted.receiver.wait_for_one(
+        lambda m: names_the_run(m, alerted, run_name), f"the killed run {run_name}", timeout=90
+    )
+    assert "Crashed" in message["subject"], message
+    assert api(f"{api_url}/flow_runs/{flow_run['id']}")["state"]["type"] == "CRASHED"
