@@ -71,10 +71,10 @@ def kind_of(value: str) -> str:
     if parts.scheme in {"pagerduty", "sendgrid"}:
         return parts.scheme
     if parts.scheme not in {"http", "https"}:
-        # Never the value: its scheme alone says what is wrong.
+        # Not even the scheme: a value without one may start with a credential.
         raise ConfigError(
-            f"the alerts target's scheme '{parts.scheme}' is none of https, http, pagerduty, "
-            "sendgrid (README.md, 'Alerts')."
+            "the alerts target is not an https, http, pagerduty or sendgrid URL "
+            "(README.md, 'Alerts')."
         )
     if host == "hooks.slack.com":
         return "slack"
