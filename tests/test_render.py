@@ -15,7 +15,10 @@ from tests.rendering import answers_of, render
 # Templating that belongs to the generated files themselves: Prefect's deploy-time `{{ $VAR }}`,
 # `{{ prefect.* }}` and step outputs `{{ step-id.field }}`, its trigger templates `{{ event.* }}`,
 # and CI's `${{ ... }}`. (A work pool's base job template is all Prefect placeholders.)
-FOREIGN_TEMPLATING = re.compile(r"\$\{\{.*?\}\}|\{\{ \$[A-Z_]+ \}\}|\{\{ [a-z][\w-]*\.[\w.-]+ \}\}")
+FOREIGN_TEMPLATING = re.compile(
+    # GitHub's ${{ }}, prefect.yaml's {{ $VAR }} and {{ a.b }}, an automation's {{ obj|filter }}
+    r"\$\{\{.*?\}\}|\{\{ \$[A-Z_]+ \}\}|\{\{ [a-z][\w-]*\.[\w.-]+ \}\}|\{\{ [a-z_]+\|[a-z_]+ \}\}"
+)
 PREFECT_TEMPLATE_FILES = re.compile(r"base-job-template\.json$")
 
 

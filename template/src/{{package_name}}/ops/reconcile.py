@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -32,6 +33,7 @@ from prefect.client.schemas.actions import (
 from prefect.exceptions import ObjectNotFound
 
 from .._internal.config import read_yaml
+from .alerts import Target, desired_target, revealed, saved_target, secret_name
 from .automations import desired_automation, diff_automation, project_automations
 from .deployments import (
     deploy_environment,
@@ -249,6 +251,28 @@ def plan_result_storage(state: DesiredState) -> list[Change]:
     ]
 
 
+def plan_alerts_target(state: DesiredState) -> tuple[list[Change], Target | None]:
+    """The environment's alerts target block, from its secret; a warning when it has none."""
+    target, warning = desired_target(state)
+    if target is None:
+        print(f"  warning: {warning}", file=sys.stderr)
+        return [], None
+    saved = saved_target(target)
+    if saved == revealed(target.block):
+        return [], target
+    # The detail names the secret, never its value.
+    detail = f"alerts target, from the secret '{secret_name(state)}'"
+    return [
+        Change(
+            "block",
+            target.slug,
+            "create" if saved is None else "update",
+            detail,
+            lambda: target.block.save(target.name, overwrite=True),
+        )
+    ], target
+
+
 def plan_deployments(
     client: SyncPrefectClient, state: DesiredState, root: Path, *, prune: bool
 ) -> tuple[list[Change], int]:
@@ -298,13 +322,19 @@ def delete_deployment(client: SyncPrefectClient, deployment_id: UUID) -> None:
 
 
 def plan_automations(
-    client: SyncPrefectClient, state: DesiredState, *, prune: bool
+    client: SyncPrefectClient,
+    state: DesiredState,
+    *,
+    prune: bool,
+    target: Target | None = None,
 ) -> tuple[list[Change], int]:
     changes, unchanged = [], 0
     existing = project_automations(client, state)
     for automation in state.automations:
-        desired = desired_automation(client, automation, state)
+        desired = desired_automation(client, automation, state, target)
         current = existing.get(automation.name)
+        # Built again when applied: a target block saved just before then has its id.
+        applied = partial(desired_automation, client, automation, state, target)
         action, fields = diff_automation(desired, current)
         if action == "unchanged":
             unchanged += 1
@@ -315,7 +345,7 @@ def plan_automations(
                     automation.name,
                     "create",
                     f"on {', '.join(sorted(getattr(desired.trigger, 'expect', [])))}",
-                    lambda desired=desired: client.create_automation(desired),
+                    lambda applied=applied: client.create_automation(applied()),
                 )
             )
         else:
@@ -325,7 +355,7 @@ def plan_automations(
                     automation.name,
                     "update",
                     ", ".join(fields),
-                    lambda i=current.id, desired=desired: client.update_automation(i, desired),
+                    lambda i=current.id, applied=applied: client.update_automation(i, applied()),
                 )
             )
     declared = {a.name for a in state.automations}
@@ -421,7 +451,10 @@ def reconcile(
             + plan_result_storage(state)
             + plan_limit_pruning(client, state, prune=prune)
         )
-        automation_changes, unchanged = plan_automations(client, state, prune=prune)
+        # Before the automations, which send to it.
+        target_changes, target = plan_alerts_target(state)
+        changes += target_changes
+        automation_changes, unchanged = plan_automations(client, state, prune=prune, target=target)
         changes += automation_changes
         if not skip_deploy:
             deployment_changes, unchanged_deployments = plan_deployments(

@@ -71,6 +71,8 @@ class DesiredState:
     # config/<env>.yaml's result_storage: the storage block of its results, or None for a
     # local directory (ops/results.py).
     result_storage: dict[str, Any] | None = None
+    # config/orchestration.yaml's alerts: the secret and kind of the alerts target (ops/alerts.py).
+    alerts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def project_tag(self) -> str:
@@ -169,4 +171,5 @@ def read_state(environment: str, root: Path) -> DesiredState:
         automations=read_automations(environment, project["name"], orchestration),
         project_file={k: v for k, v in project.items() if k != "deployments"},
         result_storage=read_yaml(root / "config" / f"{environment}.yaml").get("result_storage"),
+        alerts=orchestration.get("alerts") or {},
     )

@@ -21,7 +21,8 @@ from prefect.events.schemas.automations import AutomationCore
 from pydantic import BaseModel, ValidationError
 
 from .._internal.config import ConfigError, environment_limits, environment_names, read_yaml
-from .automations import LOCAL_KEYS
+from .alerts import BLOCKS
+from .automations import LOCAL_KEYS, SCOPES
 from .flow_checks import check_entrypoint, flow_problems
 from .state import base_job_template
 
@@ -63,6 +64,8 @@ def check_automations(orchestration: dict[str, Any], environments: list[str]) ->
             continue
         for env in sorted(set(spec.get("environments") or []) - set(environments)):
             problems.append(f"{where} names environment '{env}', which has no config/{env}.yaml")
+        if spec.get("scope", "flow-runs") not in SCOPES:
+            problems.append(f"{where}: scope '{spec['scope']}' is none of {', '.join(SCOPES)}")
         actions = [
             {k: v for k, v in action.items() if k != "block_document"}
             | ({"block_document_id": str(UUID(int=0))} if "block_document" in action else {})
@@ -97,6 +100,13 @@ def check_environment_entries(orchestration: dict[str, Any], environments: list[
     return problems
 
 
+def check_alerts(orchestration: dict[str, Any]) -> list[str]:
+    kind = (orchestration.get("alerts") or {}).get("kind") or "auto"
+    if kind == "auto" or kind in BLOCKS:
+        return []
+    return [f"config/orchestration.yaml: alerts kind '{kind}' is none of auto, {', '.join(BLOCKS)}"]
+
+
 def validate(root: Path) -> list[str]:
     """Every problem found, as one line each; empty when all is well."""
     project = read_yaml(root / "prefect.yaml")
@@ -112,6 +122,7 @@ def validate(root: Path) -> list[str]:
     orchestration = read_yaml(root / "config" / "orchestration.yaml")
     problems += check_automations(orchestration, environment_names(root / "config"))
     problems += check_environment_entries(orchestration, environment_names(root / "config"))
+    problems += check_alerts(orchestration)
     template = base_job_template(orchestration, root)
     variables = set(template["variables"]["properties"])
     deployed_envs = set()
