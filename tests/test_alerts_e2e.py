@@ -29,8 +29,9 @@ from typing import Any
 import pytest
 
 from bench.concurrency_bench import api
-from tests.e2e.server import Server, running_server, running_worker
-from tests.rendering import BIN, answers_of, run, sync
+from tests.e2e.server import running_server, running_worker
+from tests.rendering import answers_of, sync
+from tests.test_orchestration_e2e import Pipeline
 
 pytestmark = [pytest.mark.xdist_group("alerts"), pytest.mark.slow]
 
@@ -108,26 +109,10 @@ def running_receiver() -> Iterator[Receiver]:
 
 
 @dataclass
-class Alerted:
-    repo: Path
-    env: dict[str, str]
-    server: Server
+class Alerted(Pipeline):
+    """The orchestration tests' pipeline, with the receiver its alerts go to."""
+
     receiver: Receiver
-    answers: dict[str, Any]
-    reconciles: list[str]
-
-    @property
-    def environment(self) -> str:
-        return self.answers["environments"][0]
-
-    @property
-    def slug(self) -> str:
-        return self.answers["project_slug"]
-
-    def reconcile(self) -> str:
-        package = self.answers["package_name"]
-        command = ["python", "-m", f"{package}.ops", "reconcile", "--env", self.environment]
-        return run([str(BIN / "uv"), "run", *command], cwd=self.repo, env=self.env)
 
 
 @pytest.fixture(scope="module")
@@ -147,11 +132,11 @@ def alerted(default_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
             repo,
             {**env, **server.env(), "ALERTS_TARGET": receiver.url},
             server,
-            receiver,
             answers_of(repo),
             [],
+            receiver,
         )
-        alerted.reconciles += [alerted.reconcile(), alerted.reconcile()]
+        alerted.reconcile_output += [alerted.reconcile(), alerted.reconcile()]
         yield alerted
 
 
@@ -161,7 +146,7 @@ def names_the_run(message: dict[str, Any], alerted: Alerted, run_name: str) -> b
 
 
 def test_reconcile_saves_the_target_and_applies_the_automations(alerted: Alerted) -> None:
-    first, second = alerted.reconciles
+    first, second = alerted.reconcile_output
     block = f"custom-webhook/{alerted.slug}-{alerted.environment}-alerts"
     assert f"create  block        {block}" in first, first
     keys = ("failed-runs", "late-runs", "stuck-pending", "stuck-running", "lost-heartbeat")

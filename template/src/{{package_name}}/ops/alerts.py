@@ -184,21 +184,6 @@ def desired_target(state: DesiredState) -> tuple[Target | None, str]:
     return Target(block.get_block_type_slug(), name, block), ""
 
 
-def revealed(block: Block) -> dict[str, Any]:
-    """A block's fields with their secret values, to compare; never print them. Without the
-    ids and names (`_block_document_id`, ...) a loaded block has and a new one has not."""
-    fields = block.model_dump(mode="json", context={"include_secrets": True})
-    return {key: value for key, value in fields.items() if not key.startswith("_")}
-
-
-def saved_target(target: Target) -> dict[str, Any] | None:
-    """The fields of the target block saved on the server, or None when there is none."""
-    try:
-        return revealed(Block.load(target.slug))
-    except ValueError:
-        return None
-
-
 def notification_text(action: dict[str, Any], state: DesiredState) -> dict[str, Any]:
     """A send-notification action that names the project and environment in every message."""
     label = f"{state.project} ({state.environment})"

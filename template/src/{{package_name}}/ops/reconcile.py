@@ -23,6 +23,7 @@ from typing import Any
 from uuid import UUID
 
 import yaml
+from prefect.blocks.core import Block
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitCreate,
@@ -33,7 +34,7 @@ from prefect.client.schemas.actions import (
 from prefect.exceptions import ObjectNotFound
 
 from .._internal.config import read_yaml
-from .alerts import Target, desired_target, revealed, saved_target, secret_name
+from .alerts import Target, desired_target, secret_name
 from .automations import desired_automation, diff_automation, project_automations
 from .deployments import (
     deploy_environment,
@@ -236,8 +237,14 @@ def plan_result_storage(state: DesiredState) -> list[Change]:
     if not state.result_storage:
         return []
     slug, block = desired_block(state.project, state.environment, state.result_storage)
-    saved = saved_fields(slug)
-    if saved == fields_of(block):
+    return block_change(slug, block, "results of the cached tasks")
+
+
+def block_change(slug: str, block: Block, detail: str, *, secrets: bool = False) -> list[Change]:
+    """Saving block under slug (`<type>/<name>`), unless the server holds it as it is; with
+    secrets, a change of a secret value counts too (ops/results.py fields_of)."""
+    saved = saved_fields(slug, secrets=secrets)
+    if saved == fields_of(block, secrets=secrets):
         return []
     name = slug.partition("/")[2]
     return [
@@ -245,7 +252,7 @@ def plan_result_storage(state: DesiredState) -> list[Change]:
             "block",
             slug,
             "create" if saved is None else "update",
-            "results of the cached tasks",
+            detail,
             lambda: block.save(name, overwrite=True),
         )
     ]
@@ -257,20 +264,9 @@ def plan_alerts_target(state: DesiredState) -> tuple[list[Change], Target | None
     if target is None:
         print(f"  warning: {warning}", file=sys.stderr)
         return [], None
-    saved = saved_target(target)
-    if saved == revealed(target.block):
-        return [], target
     # The detail names the secret, never its value.
     detail = f"alerts target, from the secret '{secret_name(state)}'"
-    return [
-        Change(
-            "block",
-            target.slug,
-            "create" if saved is None else "update",
-            detail,
-            lambda: target.block.save(target.name, overwrite=True),
-        )
-    ], target
+    return block_change(target.slug, target.block, detail, secrets=True), target
 
 
 def plan_deployments(

@@ -70,20 +70,22 @@ def desired_block(
     return f"{block_type}/{results_block_name(project, environment)}", block
 
 
-def fields_of(block: Block) -> dict[str, Any]:
-    """A block's fields, nested blocks' too, without the ids and names saving gives them."""
+def fields_of(block: Block, *, secrets: bool = False) -> dict[str, Any]:
+    """A block's fields, nested blocks' too, without the ids and names saving gives them. With
+    secrets, their values too: to compare a block whose point is a secret (an alerts target's
+    URL), never to print."""
 
     def public(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: public(v) for k, v in value.items() if not k.startswith("_")}
         return value
 
-    return public(block.model_dump(mode="json"))
+    return public(block.model_dump(mode="json", context={"include_secrets": secrets}))
 
 
-def saved_fields(slug: str) -> dict[str, Any] | None:
-    """The fields of the block saved under slug, or None when there is none."""
+def saved_fields(slug: str, *, secrets: bool = False) -> dict[str, Any] | None:
+    """The fields of the block saved under slug (fields_of), or None when there is none."""
     try:
-        return fields_of(Block.load(slug))
+        return fields_of(Block.load(slug), secrets=secrets)
     except ValueError:
         return None

@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
@@ -108,15 +115,6 @@ ACTIVE_STATES = ["RUNNING", "PENDING", "CANCELLING"]
 
 def queued_behind(client: SyncPrefectClient, flow_run: FlowRun) -> list[FlowRun]:
     """The other runs of the flow run's deployment it waits behind: the ones active now."""
-    from prefect.client.schemas.filters import (
-        DeploymentFilter,
-        DeploymentFilterId,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
-
     if flow_run.deployment_id is None:
         return []
     runs = client.read_flow_runs(
@@ -234,7 +232,9 @@ def smoke(state: DesiredState, parameters: dict[str, Any], timeout: float) -> li
             p for d, run in finished if (p := outcome_problem(d, run, timeout, waiting.get(run.id)))
         ]
         problems += trigger_problems(client, state)
-    queued = [p for p in problems if " is queued behind " in p]
+    # A run waiting behind others has exactly one problem, that it is queued: when those are
+    # all the problems, nothing failed.
+    queued = [run_id for run_id, ahead in waiting.items() if ahead]
     if problems and len(queued) == len(problems):
         raise SmokeQueuedError(
             "\n  ".join([f"'{state.environment}''s smoke runs are queued:", *problems])
