@@ -33,7 +33,7 @@ QUESTIONS = yaml.safe_load((ROOT / "copier.yml").read_text(encoding="utf-8"))
 # What `prefect deploy` substitutes in prefect.yaml from the deploying environment: `{{ $NAME }}`.
 DEPLOY_ENV_PLACEHOLDER = re.compile(r"\{\{ \$([A-Z_]+) \}\}")
 # The ones a deploy always has: the Makefile sets IMAGE_TAG, reconcile DEPLOY_VERSION (the commit).
-SET_WHEN_DEPLOYING = {"IMAGE_TAG", "DEPLOY_VERSION"}
+SET_WHEN_DEPLOYING = {"IMAGE_TAG", "DEPLOY_VERSION", "DEPLOY_REPOSITORY"}
 
 
 def choices(question: str) -> list[str]:
