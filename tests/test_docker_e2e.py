@@ -8,7 +8,8 @@ once with AWS Secrets Manager, read inside the container from moto's HTTP endpoi
 127.0.0.1; that repository also keeps its results in moto's S3 (a prefect-aws block per
 environment, saved by `make reconcile`): a second dev run's transform tasks are Cached, a run
 of the next environment is not. The image build is checked against the same registry: a tag
-holding an image for another platform is rebuilt, an untracked file refuses the build. One
+holding an image for another platform is refused (and reused by an environment declaring that
+platform), an untracked file refuses the build, an ignored one stays out of the image. One
 Prefect server and one registry for the module. Docker comes from
 tests/e2e/docker_host.sh, which `make test` runs first: without it the tests skip, except under
 CI=true, where they fail.
@@ -286,7 +287,7 @@ def assert_cached_per_environment(
 
 
 # Run by the generated repository's interpreter: its ops/image.py publishes HEAD's tree under
-# the tag given, printing what it did, or the ConfigError it refused with.
+# the tag given for the environment given, printing what it did, or the ConfigError it refused with.
 PUBLISH = """
 import sys
 from pathlib import Path
@@ -294,7 +295,7 @@ from {package}._internal.config import ConfigError, read_yaml
 from {package}.ops.image import build_settings, publish_image
 settings = build_settings(read_yaml(Path("prefect.yaml")))
 try:
-    print("digest", publish_image(settings, Path.cwd(), sys.argv[1]))
+    print("digest", publish_image(settings, Path.cwd(), sys.argv[1], sys.argv[2]))
 except ConfigError as error:
     print("refused", error)
 """
@@ -303,12 +304,15 @@ except ConfigError as error:
 def publish_with_the_repository(prepared: Rendered, tag: str) -> str:
     script = PUBLISH.format(package=prepared.answers["package_name"])
     python = str(prepared.repo / ".venv/bin/python")
-    return run([python, "-c", script, tag], cwd=prepared.repo, env=prepared.env, timeout=900)
+    environment = prepared.answers["environments"][0]
+    return run(
+        [python, "-c", script, tag, environment], cwd=prepared.repo, env=prepared.env, timeout=900
+    )
 
 
 def arm64_image(reference: str, workdir: Path) -> None:
     """A real linux/arm64 image under reference, as an arm64 laptop would have pushed it:
-    built FROM scratch, so this amd64 daemon needs no emulation."""
+    built FROM scratch, so this amd64 daemon's classic builder needs no emulation."""
     context = workdir / "arm64-context"
     context.mkdir(exist_ok=True)
     (context / "marker").write_text("built for arm64\n")
@@ -316,15 +320,37 @@ def arm64_image(reference: str, workdir: Path) -> None:
     docker.docker("build", "--platform", "linux/arm64", "--tag", reference, str(context))
 
 
+def registry_json(registry: str, path: str, accept: str) -> Any:
+    request = urllib.request.Request(f"http://{registry}/v2/{path}", headers={"Accept": accept})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def pushed_platform(registry: str, name: str, tag: str) -> str:
+    """os/architecture of the image config the registry's manifest for name:tag points at."""
+    manifest = registry_json(
+        registry, f"{name}/manifests/{tag}", "application/vnd.docker.distribution.manifest.v2+json"
+    )
+    config = registry_json(registry, f"{name}/blobs/{manifest['config']['digest']}", "*/*")
+    return f"{config['os']}/{config['architecture']}"
+
+
+def commit_config(prepared: Rendered, environment: str, text: str) -> None:
+    with (prepared.repo / "config" / f"{environment}.yaml").open("a") as config:
+        config.write(text)
+    git("commit", "-q", "-am", f"{environment}: {text.strip()}", cwd=prepared.repo)
+
+
 def test_image_is_built_for_its_platform_from_a_committed_tree(
     stack: DockerStack, rendered: Callable[[str], Rendered]
 ) -> None:
     prepared = rendered("env")
-    slug = prepared.answers["project_slug"]
+    slug, package = prepared.answers["project_slug"], prepared.answers["package_name"]
+    dev = prepared.answers["environments"][0]
     image = f"{stack.registry}/pipelines/{slug}"
 
     # An untracked file under src/ would enter the image: refused, nothing built or pushed.
-    scratch = prepared.repo / "src" / prepared.answers["package_name"] / "scratch.py"
+    scratch = prepared.repo / "src" / package / "scratch.py"
     scratch.write_text("UNCOMMITTED = True\n")
     try:
         output = publish_with_the_repository(prepared, "untracked")
@@ -333,21 +359,48 @@ def test_image_is_built_for_its_platform_from_a_committed_tree(
     assert "refused refusing to build" in output and "scratch.py" in output, output
     assert not docker.image_id(f"{image}:untracked")
 
-    # The tag holds an arm64 image: not reused, rebuilt for linux/amd64 and pushed over it.
+    # The tag holds an arm64 image: refused in one line naming the tag and both platforms,
+    # neither reused nor pushed over.
     foreign = f"{image}:foreign"
     arm64_image(foreign, stack.workdir)
     docker.docker("push", foreign)
     docker.remove_image(foreign)
     arm64_digest = manifest_digest(stack.registry, f"pipelines/{slug}", "foreign")
     output = publish_with_the_repository(prepared, "foreign")
-    assert f"{foreign} in the registry is for linux/arm64, not linux/amd64." in output, output
-    assert f"Building {foreign} for linux/amd64" in output, output
-    rebuilt = manifest_digest(stack.registry, f"pipelines/{slug}", "foreign")
-    assert rebuilt != arm64_digest and f"digest {rebuilt}" in output
-    inspected = json.loads(docker.docker("image", "inspect", foreign))[0]
+    refusal = f"refused {foreign} in the registry is for linux/arm64, not linux/amd64: "
+    (line,) = [line for line in output.splitlines() if line.startswith("refused")]
+    assert line.startswith(refusal) and "Building" not in output, output
+    assert manifest_digest(stack.registry, f"pipelines/{slug}", "foreign") == arm64_digest
+    assert not docker.image_id(foreign)
+
+    # An environment whose config/<env>.yaml says linux/arm64 reuses that very image.
+    commit_config(prepared, dev, "image_platform: linux/arm64\n")
+    try:
+        output = publish_with_the_repository(prepared, "foreign")
+    finally:
+        git("reset", "-q", "--hard", "HEAD~1", cwd=prepared.repo)
+    assert f"{foreign} for linux/arm64 is already in the registry ({arm64_digest})" in output
+    assert f"digest {arm64_digest}" in output, output
+
+    # A new tag is built for linux/amd64 from the commit: an ignored file in config/ (which
+    # the .dockerignore lets through) stays out, the platform is labelled and pushed.
+    fresh = f"{image}:fresh"
+    ignored = prepared.repo / "config" / ".env"
+    ignored.write_text("LOCAL_ONLY=1\n")
+    try:
+        output = publish_with_the_repository(prepared, "fresh")
+    finally:
+        ignored.unlink()
+    assert f"Building {fresh} for linux/amd64" in output, output
+    pushed = manifest_digest(stack.registry, f"pipelines/{slug}", "fresh")
+    assert f"digest {pushed}" in output, output
+    assert pushed_platform(stack.registry, f"pipelines/{slug}", "fresh") == "linux/amd64"
+    inspected = json.loads(docker.docker("image", "inspect", fresh))[0]
     assert (inspected["Os"], inspected["Architecture"]) == ("linux", "amd64")
     assert inspected["Config"]["Labels"]["pipeline.platform"] == "linux/amd64"
+    listing = docker.docker("run", "--rm", "--entrypoint", "ls", fresh, "-a", "/app/config")
+    assert f"{dev}.yaml" in listing.split() and ".env" not in listing.split(), listing
     # Now the registry holds it for the platform: reused, not rebuilt.
-    output = publish_with_the_repository(prepared, "foreign")
-    assert f"{foreign} for linux/amd64 is already in the registry ({rebuilt})" in output, output
-    docker.remove_image(foreign)
+    output = publish_with_the_repository(prepared, "fresh")
+    assert f"{fresh} for linux/amd64 is already in the registry ({pushed})" in output, output
+    docker.remove_image(fresh)

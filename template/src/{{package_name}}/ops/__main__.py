@@ -61,7 +61,7 @@ def api_answers() -> bool:
         return False
 
 
-def publish_soon(root: Path) -> tuple[str, Future[str]] | None:
+def publish_soon(root: Path, environment: str) -> tuple[str, Future[str]] | None:
     """HEAD's commit, and its image building and pushing in a thread; None when prefect.yaml
     builds no image (a process runtime) or the API does not answer yet."""
     if not read_yaml(root / "prefect.yaml").get("build") or not api_answers():
@@ -69,12 +69,12 @@ def publish_soon(root: Path) -> tuple[str, Future[str]] | None:
     from . import image  # container runtimes only
 
     commit = resolve_commit(root)
-    return commit, image.publish_soon(root, image_tag(commit))
+    return commit, image.publish_soon(root, image_tag(commit), environment)
 
 
 def reconcile_environment(args: argparse.Namespace) -> None:
     deploys = not (args.dry_run or args.skip_deploy or args.prebuilt_image)
-    publishing = publish_soon(args.root) if deploys else None
+    publishing = publish_soon(args.root, args.env) if deploys else None
     # Imported once the image build has started: Prefect and the flows take seconds to load.
     from prefect.settings import get_current_settings
 

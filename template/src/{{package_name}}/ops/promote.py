@@ -220,6 +220,12 @@ def choose_version(
     previous = previous_environment(state.environment, root)
     if previous is not None:
         check_on_default_branch(root, commit, default_branch)
+        if builds_image(state):
+            from . import image  # container runtimes only
+
+            environments = [previous, state.environment]
+            if problems := image.platform_problems(state.project_file, root, environments):
+                raise ConfigError(problems[-1])
         return gate(client, state, previous, commit, root)
     return head_version(state, root, commit)
 
@@ -234,7 +240,7 @@ def head_version(state: DesiredState, root: Path, commit: str, *, build: bool = 
 
     tag = image_tag(commit)
     if not build:
-        return Version(commit, image.pushed_digest(state, tag) or "")
+        return Version(commit, image.pushed_digest(state, root, tag) or "")
     return Version(commit, image.publish(state, root, tag))
 
 

@@ -132,4 +132,8 @@ def validate(root: Path) -> list[str]:
     for env in sorted(set(environment_names(root / "config")) - deployed_envs):
         problems.append(f"config/{env}.yaml has no deployment tagged 'env:{env}' in prefect.yaml")
     problems += flow_problems(project, root)
+    if project.get("build"):
+        from .image import platform_problems  # container runtimes only
+
+        problems += platform_problems(project, root, environment_names(root / "config"))
     return list(dict.fromkeys(problems))
