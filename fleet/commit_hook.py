@@ -41,15 +41,17 @@ def _offset(lines: list[str], line: int, column: int) -> int:
 
 def add_commit_hook(source: str, package: str) -> tuple[str, list[str]]:
     """The module with the hook on each of its flows and the import it needs; and the flows
-    that already declare on_running hooks of their own (left alone: add it by hand)."""
+    that declare on_running hooks of their own without it (left alone: add it by hand)."""
     tree = ast.parse(source)
     lines = source.splitlines(keepends=True)
     edits: list[tuple[int, str]] = []
     left: list[str] = []
     for decorator in _flow_decorators(tree):
         if isinstance(decorator, ast.Call):
-            if any(k.arg == "on_running" for k in decorator.keywords):
-                left.append(ast.unparse(decorator))
+            hooks = [k.value for k in decorator.keywords if k.arg == "on_running"]
+            if hooks:
+                if "record_commit" not in ast.unparse(hooks[0]):
+                    left.append(ast.unparse(decorator))
                 continue
             assert decorator.func.end_lineno is not None and decorator.func.end_col_offset
             at = _offset(lines, decorator.func.end_lineno, decorator.func.end_col_offset) + 1

@@ -60,5 +60,9 @@ def test_every_flow_gets_the_hook_and_the_import_once() -> None:
 def test_a_module_whose_flows_all_have_hooks_is_left_as_it_is() -> None:
     text = "from prefect import flow\n\n\n@flow(on_running=[print])\ndef f(): ...\n"
     assert add_commit_hook(text, "p") == (text, ["flow(on_running=[print])"])
+    done = "from p._internal.provenance import record_commit\n" + text.replace(
+        "print", "record_commit"
+    )
+    assert add_commit_hook(done, "p") == (done, [])
     plain = "import os\n\nX = os.sep\n"
     assert add_commit_hook(plain, "p") == (plain, [])
