@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from fleet import repo as g
-from fleet.commit_hook import add_commit_hook, sort_imports
+from fleet.commit_hook import hook_module
 
 BRANCH = "adopt/copier-prefect"
 TEMPLATE_ROOT = Path(__file__).resolve().parents[1]
@@ -470,10 +470,7 @@ def _write(
 def _record_commits(repo: Path, module: Path, package: str) -> list[str]:
     """Give the module's flows the hook that labels runs with their commit; what to do by
     hand where a flow has on_running hooks of its own."""
-    hooked, left = add_commit_hook(module.read_text(), package)
-    if hooked != module.read_text():
-        module.write_text(hooked)
-        sort_imports(module, repo)
+    left = hook_module(module, package, repo)
     where = module.relative_to(repo)
     return [
         f"`{where}`: `@{decorator}` has on_running hooks of its own: add `record_commit` to "

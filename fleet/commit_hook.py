@@ -76,12 +76,27 @@ def add_commit_hook(source: str, package: str) -> tuple[str, list[str]]:
     return text, left
 
 
-def sort_imports(path: Path, repo: Path) -> None:
-    """ruff's import sorting alone, with the repository's own settings, on one file."""
-    subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "--select", "I", "--fix", "--quiet", str(path)],
+def _ruff(repo: Path, *args: str) -> int:
+    """ruff, with the repository's own settings; its exit code."""
+    return subprocess.run(
+        [sys.executable, "-m", "ruff", *args],
         cwd=repo,
         capture_output=True,
         timeout=60,
         check=False,
-    )
+    ).returncode
+
+
+def hook_module(module: Path, package: str, repo: Path) -> list[str]:
+    """add_commit_hook on a file of repo; the flows left to the team. Its imports are sorted
+    after, and a file ruff-formatted before is formatted again (a decorator may have grown past
+    the line length); a file that was not is left as the team wrote it."""
+    text = module.read_text()
+    hooked, left = add_commit_hook(text, package)
+    if hooked != text:
+        formatted = _ruff(repo, "format", "--check", "--quiet", str(module)) == 0
+        module.write_text(hooked)
+        _ruff(repo, "check", "--select", "I", "--fix", "--quiet", str(module))
+        if formatted:
+            _ruff(repo, "format", "--quiet", str(module))
+    return left

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+from pathlib import Path
 
-from fleet.commit_hook import HOOK, add_commit_hook
+from fleet.commit_hook import HOOK, add_commit_hook, hook_module
 
 TEAM_MODULE = '''"""The team's flows."""
 from prefect import flow, task
@@ -66,3 +69,26 @@ def test_a_module_whose_flows_all_have_hooks_is_left_as_it_is() -> None:
     assert add_commit_hook(done, "p") == (done, [])
     plain = "import os\n\nX = os.sep\n"
     assert add_commit_hook(plain, "p") == (plain, [])
+
+
+def test_a_formatted_module_stays_formatted_and_an_unformatted_one_as_written(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "pyproject.toml").write_text("[tool.ruff]\nline-length = 100\n")
+    long_flow = (
+        "from prefect import flow\n\n\n"
+        '@flow(name="a-long-flow-name", retries=2, retry_delay_seconds=30, log_prints=False)\n'
+        "def f() -> None: ...\n"
+    )
+    formatted = tmp_path / "formatted.py"
+    formatted.write_text(long_flow)
+    assert hook_module(formatted, "pkg", tmp_path) == []
+    ruff = [sys.executable, "-m", "ruff"]
+    for check in (["check", "--select", "E501,I"], ["format", "--check"]):
+        result = subprocess.run([*ruff, *check, str(formatted)], cwd=tmp_path, check=False)
+        assert result.returncode == 0, (check, formatted.read_text())
+    assert "from pkg._internal.provenance import record_commit" in formatted.read_text()
+    loose = tmp_path / "loose.py"
+    loose.write_text(long_flow.replace("def f()", "def   f()"))
+    hook_module(loose, "pkg", tmp_path)
+    assert "def   f()" in loose.read_text()  # not reformatted: the team's style stays

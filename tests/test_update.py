@@ -17,7 +17,7 @@ import pytest
 from copier.errors import UnsafeTemplateError
 from packaging.version import Version
 
-from fleet.commit_hook import add_commit_hook, sort_imports
+from fleet.commit_hook import hook_module
 from fleet.repo import find_conflicts
 from fleet.testing import worktree_files
 from tests.fleet_support import read_report, run_fleet
@@ -111,10 +111,7 @@ def record_commits(repo: Path) -> None:
     flow the update leaves alone (seeds and the team's own), here by the edit adopt makes."""
     package = answers_of(repo)["package_name"]
     for module in sorted((repo / "src" / package / "flows").glob("*.py")):
-        hooked, left = add_commit_hook(module.read_text(), package)
-        assert left == [], left
-        module.write_text(hooked)
-        sort_imports(module, repo)
+        assert hook_module(module, package, repo) == [], module
 
 
 def make_team_edits(repo: Path) -> dict[str, str]:
