@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from fleet import repo as g
+from fleet.commit_hook import hook_module
 
 BRANCH = "adopt/copier-prefect"
 TEMPLATE_ROOT = Path(__file__).resolve().parents[1]
@@ -455,6 +456,7 @@ def _write(
         module = module_name(file, set(moved.values()))
         g.git(repo, "mv", file, str(flows_dir / f"{module}.py"))
         moved[file] = module
+        inferred.notes += _record_commits(repo, repo / flows_dir / f"{module}.py", package)
         test = repo / "tests" / "flows" / f"test_{module}.py"
         test.write_text(_flow_test(package, module))
     entries = flows_entries(inferred, moved, package, environments)
@@ -463,6 +465,18 @@ def _write(
     report.write_text(_report(answers, inferred, data, moved, entries, kept, flows_dir))
     g.commit_all(repo, "Adopt copier-prefect: the team's flows and their deployments")
     return report
+
+
+def _record_commits(repo: Path, module: Path, package: str) -> list[str]:
+    """Give the module's flows the hook that labels runs with their commit; what to do by
+    hand where a flow has on_running hooks of its own."""
+    left = hook_module(module, package, repo)
+    where = module.relative_to(repo)
+    return [
+        f"`{where}`: `@{decorator}` has on_running hooks of its own: add `record_commit` to "
+        "them (smoke and promotion count only runs that record their commit)."
+        for decorator in left
+    ]
 
 
 def _flow_test(package: str, module: str) -> str:
@@ -509,6 +523,8 @@ def _report(
         f"`{answers['package_name']}.flows.*`; run `make check`.",
         "- Dependencies of `pyproject.toml.pre-adoption` (if any) go into `pyproject.toml`'s own.",
         "- Each flow has only an import test under tests/flows: write one that runs it.",
+        "- Each moved flow now declares `on_running=[record_commit]`: its runs record the "
+        "commit they ran, which smoke runs and promotion compare with the deployment's version.",
         "- Work pools: the deployments now run on the template's pools "
         f"(`{answers['project_slug']}-<env>`), not their old ones "
         f"({', '.join(sorted({d.pool for d in inferred.deployments if d.pool})) or 'none named'}).",

@@ -338,5 +338,9 @@ def test_an_adopted_repository_keeps_its_deployment_on_a_real_server_and_runs(
         flow_run = api(f"{server.api_url}/deployments/{after['id']}/create_flow_run", {})
         worker = ["uv", "run", "prefect", "worker", "start", "--pool", "team-flows-prod"]
         run([*worker, "--run-once"], repo, repo_env, timeout=300)
-        state = api(f"{server.api_url}/flow_runs/{flow_run['id']}")["state"]["type"]
+        finished = api(f"{server.api_url}/flow_runs/{flow_run['id']}")
+        state = finished["state"]["type"]
         assert state == "COMPLETED", (tmp_path / "server.log").read_text()[-3000:]
+        # adopt gave the team's flow the record_commit hook: the run says what it ran.
+        head = git("rev-parse", "HEAD", cwd=repo).strip()
+        assert finished["labels"].get("pipeline.commit") == head, finished["labels"]

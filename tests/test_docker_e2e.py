@@ -184,6 +184,9 @@ def test_docker_worker_runs_the_pushed_image(
         assert etl["state"]["type"] == "COMPLETED", log.read_text()[-4000:]
         publish = wait_for(api_url, docker.triggered_run(api_url, downstream["id"]), timeout=300)
         assert publish["state"]["type"] == "COMPLETED", log.read_text()[-4000:]
+        # Each run's code says it ran the commit the image was built from (PIPELINE_COMMIT).
+        for finished in (etl, publish):
+            assert finished["labels"].get("pipeline.commit") == commit, finished["labels"]
         rows = docker.count_rows(volume, "orders")
         if backend == "aws-secrets-manager":
             cache_started = time.monotonic()

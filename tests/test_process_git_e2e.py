@@ -123,6 +123,8 @@ def test_a_worker_without_a_checkout_runs_the_deployed_commit_from_the_token_rem
     finished, logs, database = run_with_credential(deployed, tmp_path, TOKEN)
     assert finished["state"]["type"] == "COMPLETED", finished["worker_log"][-4000:] + logs
     assert loaded_rows(database) == source_rows(repo)
+    # The run's own code says which commit it ran: the clone's HEAD (_internal/provenance.py).
+    assert finished["labels"].get("pipeline.commit") == head, finished["labels"]
     assert remote.requests and all(status == 200 for _, status in remote.requests)
     # The remote is private: without the worker's credential git is refused.
     anonymous = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GIT_TERMINAL_PROMPT": "0"}

@@ -143,11 +143,16 @@ def test_prod_takes_only_what_dev_deployed_and_smoke_ran(setup: Setup, tmp_path:
     refusal = refused(repo, "deploy", "ENV=prod")
     for flow in (repo.slug, cleanup):
         assert f"no run of {flow}/dev at version {head} has Completed" in refusal
-    # The gate wants a smoke run of every deployment no trigger starts, not just the first.
+    # A Completed run counts only when its own code recorded the deployed commit: one marked
+    # Completed through the API, as no worker ran it, recorded nothing.
     complete_a_run(server, repo.deployment(server, "dev")["id"])
     refusal = refused(repo, "deploy", "ENV=prod")
+    assert (
+        f"no Completed run of {repo.slug}/dev at version {head} recorded running {head[:12]} "
+        "(recorded: none)"
+    ) in refusal
+    # The gate wants a smoke run of every deployment no trigger starts, not just the first.
     assert f"no run of {cleanup}/dev at version {head} has Completed" in refusal
-    assert f"no run of {repo.slug}/dev" not in refusal
 
     worker = [str(repo.path / ".venv" / "bin" / "prefect"), "worker", "start"]
     worker_env = {**repo.env, "WAREHOUSE_DSN": f"sqlite:///{tmp_path / 'warehouse.db'}"}
@@ -157,6 +162,8 @@ def test_prod_takes_only_what_dev_deployed_and_smoke_ran(setup: Setup, tmp_path:
         smoke = repo.make("smoke", "ENV=dev", "SMOKE_PARAMETERS={}")
     for flow in (repo.slug, cleanup):
         assert f"of {flow}/dev (version {head}): Completed." in smoke.stdout
+        (run,) = smoke_runs(server, repo.deployment(server, "dev", flow)["id"])
+        assert run["labels"].get("pipeline.commit") == head, (flow, run["labels"])
     # Triggered ones are checked on the server: deployed, and pointing at their upstream.
     assert f"{repo.slug}-report/dev: deployed, started by {cleanup}/dev." in smoke.stdout
     assert f"{repo.slug}-publish/dev: deployed, started by {repo.slug}/dev." in smoke.stdout
@@ -187,6 +194,12 @@ def test_prod_takes_only_what_dev_deployed_and_smoke_ran(setup: Setup, tmp_path:
         assert deployment["version"] == head, flow
         clone = deployment["pull_steps"][0]["prefect.deployments.steps.git_clone"]
         assert clone["commit_sha"] == head, flow
+
+
+def smoke_runs(server: Server, deployment_id: str) -> list[dict[str, Any]]:
+    query = {"deployments": {"id": {"any_": [deployment_id]}}}
+    runs = api(f"{server.api_url}/flow_runs/filter", query)
+    return [run for run in runs if run["name"].startswith("smoke-")]
 
 
 def complete_a_run(server: Server, deployment_id: str) -> None:

@@ -378,7 +378,11 @@ def test_dockerfile_is_hadolint_clean_and_follows_the_lock(
     assert "PYTHONPATH=/app/src" in dockerfile
     users = re.findall(r"^USER (\S+)$", dockerfile, re.MULTILINE)
     assert users and users[-1] not in {"root", "0"}
-    assert "ARG" not in dockerfile.replace("ARG PYTHON_IMAGE", "")  # no build-time secrets
+    # No build-time secrets: the base image and the commit (which each flow run records).
+    assert "ARG" not in dockerfile.replace("ARG PYTHON_IMAGE", "").replace(
+        'ARG PIPELINE_COMMIT=""', ""
+    )
+    assert "ENV PIPELINE_COMMIT=${PIPELINE_COMMIT}\n" in dockerfile
 
     # The oracle can fail: an unpinned base image and unpinned apt packages.
     broken = tmp_path / "Dockerfile"

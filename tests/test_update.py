@@ -17,6 +17,7 @@ import pytest
 from copier.errors import UnsafeTemplateError
 from packaging.version import Version
 
+from fleet.commit_hook import hook_module
 from fleet.repo import find_conflicts
 from fleet.testing import worktree_files
 from tests.fleet_support import read_report, run_fleet
@@ -105,6 +106,14 @@ def register_team_flow(repo: Path) -> None:
     assert "team:" in flows.read_text(), "flows.yaml has no empty `flows: {}` to add to"
 
 
+def record_commits(repo: Path) -> None:
+    """What the CHANGELOG asks of a team updating past 0.4.0: the record_commit hook on every
+    flow the update leaves alone (seeds and the team's own), here by the edit adopt makes."""
+    package = answers_of(repo)["package_name"]
+    for module in sorted((repo / "src" / package / "flows").glob("*.py")):
+        assert hook_module(module, package, repo) == [], module
+
+
 def make_team_edits(repo: Path) -> dict[str, str]:
     """The edits a team makes in its first weeks; returns path -> text that must survive."""
     package = answers_of(repo)["package_name"]
@@ -185,6 +194,7 @@ def test_update_from_a_release_keeps_team_edits_and_brings_template_changes(
     ]
     assert differing == []
     register_team_flow(repo)
+    record_commits(repo)
     git("add", "-A", cwd=repo)
     git("commit", "-q", "-m", "Update from the template", cwd=repo)
     # The updated repository's own checks, once: from the oldest release (the longest way, with

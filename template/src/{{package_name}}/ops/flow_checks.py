@@ -22,6 +22,7 @@ from prefect.flows import Flow
 from pydantic import ValidationError
 
 from .._internal.config import ConfigError
+from .._internal.provenance import record_commit
 from .flows import (
     ENTRY_KEYS,
     ENV_TAG_PREFIX,
@@ -244,5 +245,10 @@ def flow_problems(project: dict[str, Any], root: Path) -> list[str]:
                 problems.append(
                     f"{path}: flow '{flow.name}' has no deployment: add it to {FLOWS_FILE} "
                     "(make new-flow writes the entry)"
+                )
+            if record_commit not in flow.on_running_hooks:
+                problems.append(
+                    f"{path}: flow '{flow.name}' records no commit: give it "
+                    "`on_running=[record_commit]` (smoke runs and promotion need it)"
                 )
     return problems

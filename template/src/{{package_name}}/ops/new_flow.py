@@ -28,7 +28,15 @@ from .state import read_state
 PACKAGE = __package__.rpartition(".")[0]
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,29}$")
 # Names the generated module itself uses: a flow called so would shadow them.
-TAKEN = {"annotations", "extract", "flow", "get_run_logger", "task", "transform"}
+TAKEN = {
+    "annotations",
+    "extract",
+    "flow",
+    "get_run_logger",
+    "record_commit",
+    "task",
+    "transform",
+}
 LINE_LENGTH = 100
 EMPTY_FLOWS = re.compile(r"(?m)^flows:[ \t]*\{\}[ \t]*$")
 
@@ -44,6 +52,8 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 
+from {package}._internal.provenance import record_commit
+
 
 @task(retries=2, retry_delay_seconds=[2, 10])
 def extract(limit: int) -> list[int]:
@@ -56,7 +66,12 @@ def transform(rows: list[int]) -> list[int]:
     return [row * 2 for row in rows]
 
 
-@flow(name="{flow_name}", log_prints=False)
+@flow(
+    name="{flow_name}",
+    log_prints=False,
+    # Labels each run with the commit it runs: smoke and promotion compare it (ops validate).
+    on_running=[record_commit],
+)
 def {name}({signature}) -> int:
     """{docstring}"""
     rows = transform(extract(limit))
@@ -143,6 +158,7 @@ def flow_module(name: str, project: str, after: str | None) -> str:
     return FLOW_MODULE.format(
         title=name.replace("_", " ").capitalize(),
         name=name,
+        package=PACKAGE,
         flows_file=FLOWS_FILE,
         flow_name=f"{project}-{name.replace('_', '-')}",
         signature=signature,

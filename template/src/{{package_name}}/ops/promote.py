@@ -6,7 +6,8 @@
 - Every later environment deploys only what the one before it runs and has run: HEAD must be
   on the default branch (`git merge-base --is-ancestor`), each of the previous environment's
   deployments must run this commit, and for each one no trigger starts a run of that version
-  must have Completed there (the smoke runs CI makes after each deploy). Both are read from
+  must have Completed there, labelled by its own code with this commit (the smoke runs CI
+  makes after each deploy; _internal/provenance.py). Both are read from
   the Prefect API, which only a deploy writes, never from a variable. The image is the
   previous environment's, by digest: nothing is built.
 - `--to COMMIT` (make rollback) redeploys an earlier commit that completed a run of this
@@ -39,6 +40,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import get_current_settings
 
 from .._internal.config import ConfigError, read_yaml
+from .._internal.provenance import recorded_commit
 from .deployments import deploy_environment
 from .flows import environment_order
 from .preflight import api_refusal, check_api, preflight
@@ -121,10 +123,19 @@ def evidence_problem(
     runs = completed_runs(
         client, FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id]))
     )
-    if not any(run.deployment_version == str(version) for run in runs):
+    at_version = [run for run in runs if run.deployment_version == str(version)]
+    if not at_version:
         return None, (
             f"no run of {name} at version {version} has Completed: smoke-run it "
             f"(make smoke ENV={previous}) before promoting."
+        )
+    # The deployment's version is what CI wrote; the run's label is what its code said it ran.
+    if not any(recorded_commit(run) == commit for run in at_version):
+        found = sorted({recorded_commit(run) or "none" for run in at_version})
+        return None, (
+            f"no Completed run of {name} at version {version} recorded running {commit[:12]} "
+            f"(recorded: {', '.join(c[:12] for c in found)}): smoke-run it "
+            f"(make smoke ENV={previous}) on a worker that runs the deployed code."
         )
     return version, None
 

@@ -39,9 +39,11 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
 from .._internal.config import ConfigError, read_yaml
+from .._internal.provenance import recorded_commit
 from .deployments import deployed_triggers, trigger_automations
 from .preflight import api_refusal
 from .state import Deployment, DesiredState, read_state
+from .versions import Version
 
 SMOKE_TAG = "smoke"
 # Smoke runs' names start with it; downstream triggers match runs whose name does not.
@@ -155,6 +157,15 @@ def outcome_problem(
         )
     if not outcome.is_completed():
         return f"{where} ended {outcome.name}: {outcome.message or 'no message'}"
+    version = Version.parse(flow_run.deployment_version)
+    ran = recorded_commit(flow_run)
+    if version is not None and ran != version.commit:
+        # Completed, but not as evidence: the worker ran other code than the deployment names.
+        return (
+            f"{where} Completed but recorded running {ran[:12] if ran else 'no commit'}, not "
+            f"{version.commit[:12]}: does its flow declare on_running=[record_commit], and "
+            "does its worker run the deployed code?"
+        )
     print(f"{where}: Completed.")
     return None
 
