@@ -458,12 +458,13 @@ def check_azure_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules: boo
     check_jsonschema(repo, "vendor.azure-pipelines", "azure-pipelines.yml")
     preprod, prod = preprod_and_prod(repo)
     pipeline = load(repo, "azure-pipelines.yml")
-    # The optional credentials default to '' at the root, which a stage's variable group
-    # overrides: an undefined one would otherwise reach the deploy as the text $(NAME).
-    assert pipeline["variables"] == [
-        {"name": "PREFECT_API_KEY", "value": ""},
-        {"name": "PREFECT_API_AUTH_STRING", "value": ""},
-    ]
+    # The optional credentials (and ECS's ARNs of their secrets) default to '' at the root,
+    # which a stage's variable group overrides: an undefined one would otherwise reach the
+    # deploy as the text $(NAME).
+    optional = ["PREFECT_API_KEY", "PREFECT_API_AUTH_STRING"]
+    if answers_of(repo)["runtime"] == "ecs":
+        optional += ["ECS_PREFECT_API_KEY_SECRET_ARN", "ECS_PREFECT_API_AUTH_STRING_SECRET_ARN"]
+    assert pipeline["variables"] == [{"name": name, "value": ""} for name in optional]
     stages = {stage["stage"]: stage for stage in pipeline["stages"]}
     assert list(stages) == ["check", "preview", *(f"deploy_{env}" for env in [*preprod, prod])]
     assert "'PullRequest'" in stages["preview"]["condition"]

@@ -179,7 +179,7 @@ def test_each_combination_has_its_files_and_dependencies(
         repo / "src" / "sales_etl" / "task_runner.py",
     ]
     touched += [repo / name for name in ("Dockerfile", ".dockerignore") if container]
-    touched += sorted((repo / "deploy").glob("*")) if (repo / "deploy").is_dir() else []
+    touched += sorted(path for path in (repo / "deploy").rglob("*") if path.is_file())
     for path in touched:
         text = path.read_text()
         blank_run = "\n\n\n\n" if path.suffix == ".py" else "\n\n\n"
@@ -334,7 +334,13 @@ def check_configuration(runtime: str, config: Any, env: str) -> None:
         assert config.network_configuration["assignPublicIp"] == "DISABLED"
         assert len(config.network_configuration["subnets"]) == 2
         assert config.configure_cloudwatch_logs is True
-        assert config.cloudwatch_logs_options["awslogs-group"] == "/prefect/sales-etl"
+        assert config.cloudwatch_logs_options["awslogs-group"] == f"/prefect/sales-etl/{env}"
+        # The API credential reaches the task from Secrets Manager, not containerOverrides.
+        assert config.prefect_api_key_secret_arn == "value-of-ECS_PREFECT_API_KEY_SECRET_ARN"
+        assert (
+            config.prefect_api_auth_string_secret_arn
+            == "value-of-ECS_PREFECT_API_AUTH_STRING_SECRET_ARN"
+        )
 
 
 def test_the_job_configuration_oracle_rejects_a_broken_variable(

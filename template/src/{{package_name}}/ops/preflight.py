@@ -7,7 +7,10 @@
   headers), shows a missing or wrong PREFECT_API_AUTH_STRING or PREFECT_API_KEY before
   anything starts.
 - Every `{{ $NAME }}` prefect.yaml reads for the environment must be set and not empty: an
-  unset one deploys as '' (an ECS `cluster: ""`, an image `repo:`).
+  unset one deploys as '' (an ECS `cluster: ""`, an image `repo:`). A secret reference of a
+  Prefect API credential may be empty only where the deploying environment has no such
+  credential: the ECS worker puts an API key without its secret's ARN into the task's
+  containerOverrides in plain text.
 - Azure Pipelines leaves `$(NAME)` as literal text when NAME is not defined: such a value is
   refused rather than deployed, stored as a secret or sent as an API key.
 - Free text (a description) must hold no placeholder: `prefect deploy` would fill it from
@@ -39,6 +42,13 @@ ANY_PLACEHOLDER = re.compile(r"\{\{.*?\}\}")
 FREE_TEXT = ("description",)
 # Variables every deploy sends, whether or not prefect.yaml names them.
 API_VARIABLES = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")
+# A reference to the secret holding a Prefect API credential, which flow runs read instead of
+# the value (the ECS worker's prefect_api_key_secret_arn, prefect_api_auth_string_secret_arn):
+# empty where the API takes no such credential.
+CREDENTIAL_SECRETS = {
+    f"ECS_{credential}_SECRET_ARN": credential
+    for credential in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")
+}
 
 
 def placeholders(value: Any) -> set[str]:
@@ -79,6 +89,15 @@ def variable_problems(names: Iterable[str], environ: Mapping[str, str]) -> list[
     problems = []
     for name in sorted(names):
         value = environ.get(name, "")
+        credential = CREDENTIAL_SECRETS.get(name)
+        if credential and not value.strip():
+            if environ.get(credential, "").strip():
+                problems.append(
+                    f"{name} is {'empty' if name in environ else 'unset'} while {credential} "
+                    f"is set: flow runs would get {credential} in plain text; set {name} to "
+                    "the ARN of the Secrets Manager secret that holds it"
+                )
+            continue
         if not value.strip():
             problems.append(
                 f"{name} is {'empty' if name in environ else 'unset'}: prefect.yaml reads it "
