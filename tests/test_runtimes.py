@@ -167,7 +167,7 @@ def test_each_combination_has_its_files_and_dependencies(
     orchestration = load_yaml(repo / "config" / "orchestration.yaml")
     assert orchestration["work_pool_type"] == runtime
     base_job_template = orchestration.get("base_job_template")
-    # Kubernetes with the default env backend mounts the namespace's secrets as files.
+    # One per container runtime that needs more than the worker's default (every backend's).
     templates = {"ecs": "deploy/ecs-base-job-template.json"}
     templates["kubernetes"] = "deploy/kubernetes-base-job-template.json"
     assert base_job_template == templates.get(runtime)
@@ -738,7 +738,7 @@ def test_generated_repository_passes_its_own_checks(
     pools = json.loads(state.strip().splitlines()[-1])
     assert set(pools) == {"sales-etl-dev"}
     runtime = answers["runtime"]
-    # ECS always ships its pools' template; Kubernetes does for the env and vault backends.
+    # ECS and Kubernetes ship their pools' template, for every secret backend.
     shipped = repo / "deploy" / f"{runtime}-base-job-template.json"
     if shipped.exists():
         assert pools["sales-etl-dev"] == json.loads(shipped.read_text())
