@@ -476,6 +476,8 @@ def test_helm_values_pass_the_chart_schema_and_poll_their_pool(
         # Basic auth comes from an existing secret, never from a value in the file.
         basic_auth = values["worker"]["selfHostedServerApiConfig"]["basicAuth"]
         assert basic_auth == {"enabled": False, "existingSecret": "sales-etl-prefect-auth"}
+        # The namespace's registry login, as the flow-run service account's.
+        assert values["worker"]["image"]["pullSecrets"] == [f"sales-etl-{env}-registry"]
 
     # The oracle can fail: a misspelt key is rejected.
     typo = load_yaml(files[0])
@@ -506,6 +508,19 @@ def test_flow_run_manifests_are_valid_and_match_the_job_variables(
         for d in documents
         if d["kind"] == "ServiceAccount"
     )
+    # Each namespace enforces Pod Security "restricted" (tests/test_kubernetes_pods.py: the
+    # pods pass it), and its flow runs pull with its own registry Secret, which the README
+    # lists among what a team creates.
+    readme = (repo / "README.md").read_text()
+    for document in documents:
+        if document["kind"] == "Namespace":
+            labels = document["metadata"]["labels"]
+            assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+        if document["kind"] == "ServiceAccount":
+            secret = f"{document['metadata']['namespace']}-registry"
+            assert document["imagePullSecrets"] == [{"name": secret}]
+    assert "`sales-etl-<env>-registry`, a `kubernetes.io/dockerconfigjson` Secret" in readme
+    assert "kubectl create secret docker-registry sales-etl-dev-registry" in readme
 
     # The oracle can fail: an unknown field is rejected under --strict.
     broken = tmp_path / "broken.yaml"
