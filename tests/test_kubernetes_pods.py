@@ -22,6 +22,7 @@ from prefect_kubernetes.worker import KubernetesWorker
 
 from tests.rendering import BIN, assert_kubernetes_valid, render
 from tests.test_container_settings import kubernetes_jobs
+from tests.test_runtimes import helm_values
 
 pytestmark = pytest.mark.xdist_group("kubernetes_pods")
 
@@ -182,7 +183,7 @@ def test_flow_run_and_worker_pods_pass_checkovs_pod_security_checks(
     workers = []
     for path in sorted((repo / "deploy").glob("worker-*.yaml")):
         env = path.stem.removeprefix("worker-")
-        workers.append(worker_deployment(yaml.safe_load(path.read_text()), f"sales-etl-{env}"))
+        workers.append(worker_deployment(helm_values(repo, env), f"sales-etl-{env}"))
     (manifests / "workers.yaml").write_text(yaml.safe_dump_all(workers))
     assert_kubernetes_valid(manifests / "workers.yaml")
     # The oracle can fail: the worker's own default template, on the same job variables.

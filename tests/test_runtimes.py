@@ -179,7 +179,7 @@ def test_each_combination_has_its_files_and_dependencies(
         repo / "src" / "sales_etl" / "task_runner.py",
     ]
     touched += [repo / name for name in ("Dockerfile", ".dockerignore") if container]
-    touched += sorted((repo / "deploy").glob("*")) if (repo / "deploy").is_dir() else []
+    touched += sorted(p for p in (repo / "deploy").rglob("*") if p.is_file())
     for path in touched:
         text = path.read_text()
         blank_run = "\n\n\n\n" if path.suffix == ".py" else "\n\n\n"
@@ -461,16 +461,43 @@ def check_jsonschema(schema: Path, *files: Path) -> subprocess.CompletedProcess[
     )
 
 
+def merged_values(base: Any, over: Any) -> Any:
+    """Helm's merge of a later values file over an earlier one: maps deeply, the rest replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{key: merged_values(base.get(key), v) for key, v in over.items()}}
+    return over
+
+
+def helm_values(repo: Path, env: str) -> dict[str, Any]:
+    """The values Helm gets for an environment's worker: the template's, then the team's."""
+    template_values = load_yaml(repo / "deploy" / f"worker-{env}.yaml")
+    return merged_values(
+        template_values, load_yaml(repo / "deploy" / "team" / f"worker-{env}.yaml")
+    )
+
+
 def test_helm_values_pass_the_chart_schema_and_poll_their_pool(
     rendered: Callable[..., Path], tmp_path: Path
 ) -> None:
     repo = rendered("kubernetes")
     files = sorted((repo / "deploy").glob("worker-*.yaml"))
-    result = check_jsonschema(CHART_SCHEMA, *files)
+    # The team's values, given to Helm after the template's (deploy/team/ is _skip_if_exists).
+    team_files = sorted((repo / "deploy" / "team").glob("worker-*.yaml"))
+    assert [p.name for p in team_files] == [p.name for p in files]
+    assert "deploy/team/*.yaml" in QUESTIONS["_skip_if_exists"]
+    result = check_jsonschema(CHART_SCHEMA, *files, *team_files)
     assert result.returncode == 0, result.stdout + result.stderr
     for path in files:
         env = path.stem.removeprefix("worker-")
-        values = load_yaml(path)
+        team = load_yaml(repo / "deploy" / "team" / path.name)
+        # What teams tune lives only in their file: an update never conflicts on it.
+        assert set(team["worker"]) == {"selfHostedServerApiConfig", "resources"}
+        values = helm_values(repo, env)
+        merged = tmp_path / f"merged-{env}.yaml"
+        merged.write_text(yaml.safe_dump(values))
+        assert check_jsonschema(CHART_SCHEMA, merged).returncode == 0
+        assert values["worker"]["selfHostedServerApiConfig"]["apiUrl"].startswith("http")
+        assert "apiUrl" not in load_yaml(path)["worker"]["selfHostedServerApiConfig"]
         assert values["worker"]["config"] == {"workPool": f"sales-etl-{env}", "type": "kubernetes"}
         assert values["worker"]["image"]["prefectTag"] == "3.9.1-python3.12-kubernetes"
         # Basic auth comes from an existing secret, never from a value in the file.
