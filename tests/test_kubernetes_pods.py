@@ -11,8 +11,11 @@ default base job template must fail them.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +23,9 @@ import pytest
 import yaml
 from prefect_kubernetes.worker import KubernetesWorker
 
-from tests.rendering import BIN, assert_kubernetes_valid, render
+from tests.rendering import BIN, QUESTIONS, assert_kubernetes_valid, render, run
 from tests.test_container_settings import kubernetes_jobs
-from tests.test_runtimes import helm_values
+from tests.test_runtimes import deploy_time, helm_values, job_configuration
 
 pytestmark = pytest.mark.xdist_group("kubernetes_pods")
 
@@ -45,6 +48,8 @@ BACKEND_ADDITIONS = {
     "vault": ({"vault-token"}, {"vault_token_audience"}),
     "aws-secrets-manager": (set(), set()),
 }
+# Variables every backend's template adds, for deploy/team/flow-runs.yaml.
+PLACEMENT = {"node_selector", "tolerations"}
 # emptyDir volumes at every path a flow run writes: Prefect's home, its results and the
 # example's warehouse (/var/lib/pipeline), and temporary files.
 WRITABLE = {"tmp": "/tmp", "home": "/home/pipeline", "pipeline-data": "/var/lib/pipeline"}
@@ -80,14 +85,19 @@ def test_one_base_job_template_is_the_workers_default_hardened_plus_the_backends
     assert names == set(WRITABLE) | volumes
     assert {m["name"] for m in container["volumeMounts"]} == names
     assert set(ours["variables"]["properties"]) - set(default["variables"]["properties"]) == (
-        variables
+        variables | PLACEMENT
     )
     # Take our additions away: what is left is the worker's default, key for key.
     for key in ("securityContext", "automountServiceAccountToken", "volumes"):
         del pod[key]
     for key in ("securityContext", "volumeMounts"):
         del container[key]
-    for name in variables:
+    # The placement a team sets in deploy/team/flow-runs.yaml.
+    assert (pod.pop("nodeSelector"), pod.pop("tolerations")) == (
+        "{{ node_selector }}",
+        "{{ tolerations }}",
+    )
+    for name in [*variables, *PLACEMENT]:
         del ours["variables"]["properties"][name]
     assert ours == default
 
@@ -205,3 +215,64 @@ def test_flow_run_and_worker_pods_pass_checkovs_pod_security_checks(
     worker_failures = failures.pop("workers.yaml", set()) - WORKER_EXEMPT
     assert worker_failures == set()
     assert failures == {}
+
+
+# The generated package's own read_state and validate, on this interpreter (it has Prefect):
+# each environment's job variables, then validate's problems, as JSON.
+READ_JOB_VARIABLES = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, "src")
+from sales_etl.ops.state import read_state
+from sales_etl.ops.validate import validate
+root = Path.cwd()
+variables = {
+    env: [d.spec["work_pool"]["job_variables"] for d in read_state(env, root).deployments]
+    for env in ("dev", "prod")
+}
+print(json.dumps({"variables": variables, "problems": validate(root)}))
+"""
+TEAM_DEV = """dev:
+  memory_limit: 8Gi
+  node_selector:
+    pool: pipelines
+  tolerations:
+    - {key: dedicated, operator: Equal, value: pipelines, effect: NoSchedule}
+  annotations:
+    cluster-autoscaler.kubernetes.io/safe-to-evict: "false"
+"""
+
+
+def read_job_variables(repo: Path) -> dict[str, Any]:
+    output = run([str(BIN / "python"), "-c", READ_JOB_VARIABLES], repo, os.environ, timeout=120)
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def test_team_job_variables_reach_their_environments_jobs_only(
+    repos: dict[str, Path], tmp_path: Path
+) -> None:
+    """deploy/team/flow-runs.yaml (the team's: _skip_if_exists) sizes and places one
+    environment's flow-run pods; validate refuses a key the template does not have."""
+    team_file = "deploy/team/flow-runs.yaml"
+    assert any(fnmatch(team_file, pattern) for pattern in QUESTIONS["_skip_if_exists"])
+    repo = shutil.copytree(repos["env"], tmp_path / "sales-etl")
+    path = repo / team_file
+    path.write_text(path.read_text().replace("dev: {}\n", TEAM_DEV))
+    state = read_job_variables(repo)
+    assert state["problems"] == []
+    for variables in state["variables"]["dev"]:
+        assert variables["memory_limit"] == "8Gi"
+        config = job_configuration("kubernetes", base_job_template(repo), deploy_time(variables))
+        pod = config.job_manifest["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {"pool": "pipelines"}
+        assert pod["tolerations"][0]["key"] == "dedicated"
+        assert pod["containers"][0]["resources"]["limits"]["memory"] == "8Gi"
+    for variables in state["variables"]["prod"]:
+        assert variables["memory_limit"] == "2Gi"
+        assert "node_selector" not in variables
+
+    path.write_text(path.read_text().replace("  memory_limit: 8Gi", "  colour: blue"))
+    problems = read_job_variables(repo)["problems"]
+    assert problems == [
+        "deploy/team/flow-runs.yaml 'dev': job variable 'colour' is not in the work pool's template"
+    ]
