@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || python3 -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.9
 	@$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python --group dev
+	@# checkov (the policy group) cannot share an environment with prefect-aws: its own.
+	@test -x $(VENV)/checkov/bin/python || $(BIN)/uv venv --quiet $(VENV)/checkov
+	@$(BIN)/uv pip install --quiet --python $(VENV)/checkov/bin/python --group policy
 	@rm -f $(VENV)/.installed-* && touch $@
 
 demo: $(STAMP) ## Render the defaults and run them end to end on a local Prefect server

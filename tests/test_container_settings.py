@@ -147,6 +147,14 @@ def pod_of(job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return pod, container
 
 
+def backend_volume(pod: dict[str, Any], container: dict[str, Any]) -> tuple[dict, dict]:
+    """The volume and mount the secret backend adds to the shared emptyDirs
+    (tests/test_kubernetes_pods.py checks those)."""
+    (volume,) = [v for v in pod["volumes"] if "emptyDir" not in v]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    return volume, mount
+
+
 def test_vault_on_kubernetes_projects_a_token_for_the_vault_audience(
     renders: dict[tuple, Path],
 ) -> None:
@@ -155,11 +163,10 @@ def test_vault_on_kubernetes_projects_a_token_for_the_vault_audience(
         assert deployment["work_pool"]["job_variables"]["vault_token_audience"] == "vault"
     for job in kubernetes_jobs(repo, {"vault_token_audience": "vault-test"}):
         pod, container = pod_of(job)
-        (volume,) = pod["volumes"]
+        volume, mount = backend_volume(pod, container)
         (source,) = volume["projected"]["sources"]
         assert source["serviceAccountToken"]["audience"] == "vault-test"
-        (mount,) = container["volumeMounts"]
-        assert (mount["name"], mount["mountPath"]) == (volume["name"], "/var/run/secrets/vault")
+        assert mount["mountPath"] == "/var/run/secrets/vault"
         assert pod["serviceAccountName"] == "sales-etl-flow-run"
         assert {"name": "VAULT_ROLE", "value": "value-of-VAULT_ROLE"} in container["env"]
 
@@ -169,9 +176,8 @@ def test_env_backend_on_kubernetes_mounts_the_namespace_secret_as_files(
 ) -> None:
     for job in kubernetes_jobs(renders[("kubernetes", "env")], {}):
         pod, container = pod_of(job)
-        (volume,) = pod["volumes"]
+        volume, mount = backend_volume(pod, container)
         assert volume["secret"]["secretName"] == "pipeline-secrets"
-        (mount,) = container["volumeMounts"]
-        assert (mount["name"], mount["readOnly"]) == (volume["name"], True)
+        assert mount["readOnly"] is True
         directory = {"name": "PIPELINE_SECRETS_DIR", "value": mount["mountPath"]}
         assert directory in container["env"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -206,6 +207,69 @@ def test_docker_worker_runs_the_pushed_image(
     data = json.loads(summary["data"]) if isinstance(summary["data"], str) else summary["data"]
     assert rows == sum(batch["rows"] for batch in data) > 0
     assert publish["parameters"] == {"upstream_flow_run": f"prefect.flow-run.{run_id}"}
+
+
+def restricted_pod(template: Path, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod and container securityContext and emptyDir paths of the Kubernetes runtime's
+    base job template (the same Dockerfile as this image)."""
+    repo = render(template, workdir / "kubernetes", {"runtime": "kubernetes"})
+    base = json.loads((repo / "deploy" / "kubernetes-base-job-template.json").read_text())
+    pod = base["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return pod, container
+
+
+def test_a_flow_run_completes_in_a_restricted_read_only_container(
+    stack: DockerStack, rendered: Callable[[str], Rendered], template: Path
+) -> None:
+    """The Kubernetes flow-run pod's Pod Security settings on this image, as `docker run`
+    flags: a read-only root, only the base job template's emptyDir paths writable (tmpfs), its
+    user, no capabilities, no privilege escalation. The deployment's run Completes there."""
+    prepared = rendered("env")
+    repo, answers = prepared.repo, prepared.answers
+    slug, environment = answers["project_slug"], answers["environments"][0]
+    api_url = stack.server.api_url
+    deploy_env = {**prepared.env, **stack.server.env()}
+    deploy_env.update(docker.provide_secret(repo, answers, stack.moto))
+    # Built and pushed once for the module (a no-op after test_docker_worker_runs_the_pushed_image).
+    run(["make", "reconcile", f"ENV={environment}"], cwd=repo, env=deploy_env, timeout=900)
+    deployment = api(f"{api_url}/deployments/name/{slug}/{environment}")
+    variables = deployment["job_variables"]
+    pod, container = restricted_pod(template, stack.workdir)
+    user = pod["securityContext"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    writable = [m["mountPath"] for m in container["volumeMounts"] if m["name"] in empty_dirs]
+    identity = f"{user['runAsUser']}:{user['runAsGroup']}"
+    run_id = api(f"{api_url}/deployments/{deployment['id']}/create_flow_run", {})["id"]
+    name = f"restricted-{run_id[:8]}"
+    flags = ["--name", name, "--read-only", "--network", "host", "--user", identity]
+    flags += ["--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+    # An emptyDir is writable by the pod's user and fsGroup; Docker's tmpfs keeps the image
+    # directory's root ownership unless told.
+    for path in writable:
+        flags += ["--tmpfs", f"{path}:exec,uid={user['runAsUser']},gid={user['fsGroup']}"]
+    # The env backend's secrets, read-only, as the Kubernetes Secret volume mounts them.
+    flags += ["--volume", next(v for v in variables["volumes"] if v.endswith(":ro"))]
+    for name, value in {**variables["env"], **stack.server.env()}.items():
+        if name != "PREFECT_HOME":  # the image user's ~/.prefect, as in the pod
+            flags += ["--env", f"{name}={value}"]
+    docker.docker("image", "pull", variables["image"], timeout=300)
+    command = ["prefect", "flow-run", "execute", run_id]
+    try:
+        result = subprocess.run(
+            ["docker", "run", *flags, variables["image"], *command],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        docker.docker("rm", "--force", name, check=False)
+    logs = result.stdout + result.stderr
+    flow_run = api(f"{api_url}/flow_runs/{run_id}")
+    assert flow_run["state"]["type"] == "COMPLETED", logs[-4000:]
+    assert set(writable) == {"/tmp", "/home/pipeline", docker.DATA_DIR}
 
 
 def s3(moto: str) -> Any:  # boto3's clients have no static type

@@ -309,6 +309,89 @@ def test_a_smoke_run_behind_a_running_run_is_reported_queued(pipeline: Pipeline)
     assert "failed its smoke test" not in output
 
 
+# The Kubernetes worker's part for a pod whose image cannot be pulled, played by its own code
+# (prefect-kubernetes 0.8.0's observer, this repository's environment) on the real server: it
+# gets the pod's status as Kubernetes sends it, sets the run InfrastructurePending, logs the
+# diagnosis to the run and emits the prefect.kubernetes.pod.pending event. The worker itself
+# has set the run Pending before creating the Job.
+POD_IMAGE_PULL_FAILS = """
+import asyncio, logging, sys, uuid
+from prefect.client.orchestration import get_client
+from prefect.events.clients import get_events_client
+from prefect.logging.handlers import APILogHandler
+from prefect.states import Pending
+from prefect_kubernetes import observer
+
+async def main(flow_run_id: str) -> None:
+    async with get_client() as client, get_events_client() as events:
+        await client.set_flow_run_state(flow_run_id, Pending(), force=True)
+        observer.orchestration_client, observer.events_client = client, events
+        waiting = {"reason": "ErrImagePull", "message": sys.argv[2]}
+        status = {
+            "phase": "Pending",
+            "containerStatuses": [{"name": "prefect-job", "state": {"waiting": waiting}}],
+        }
+        await observer._replicate_pod_event(
+            event={"type": "MODIFIED", "object": {"metadata": {}}},
+            uid=str(uuid.uuid4()),
+            name="smoke-pod",
+            namespace="sales-etl-dev",
+            # As the worker labels a flow run's Job and pod.
+            labels={"prefect.io/flow-run-id": flow_run_id, "prefect.io/flow-run-name": sys.argv[3]},
+            status=status,
+            logger=logging.getLogger("kopf"),
+        )
+        await APILogHandler.aflush()
+
+asyncio.run(main(sys.argv[1]))
+"""
+REGISTRY_ANSWER = "failed to authorize: 401 Unauthorized"
+
+
+@pytest.mark.slow
+def test_smoke_names_an_image_pull_failure_as_the_kubernetes_worker_logs_it(
+    pipeline: Pipeline,
+) -> None:
+    api_url, slug, environment = pipeline.server.api_url, pipeline.slug, pipeline.environment
+    upstream = api(f"{api_url}/deployments/name/{slug}/{environment}")
+    before = {r["id"] for r in runs_of(api_url, upstream["id"])}
+    smoke = [str(pipeline.repo / ".venv" / "bin" / "python"), "-m", f"{pipeline.package}.ops.smoke"]
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [*smoke, "--env", environment, "--timeout", "90"],
+        cwd=pipeline.repo,
+        env=pipeline.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (new := [r for r in runs_of(api_url, upstream["id"]) if r["id"] not in before]):
+            assert time.monotonic() < deadline, "smoke started no run in 60 s"
+            time.sleep(0.5)
+        (smoke_run,) = new
+        pod = [smoke_run["id"], REGISTRY_ANSWER, smoke_run["name"]]
+        run(
+            [sys.executable, "-c", POD_IMAGE_PULL_FAILS, *pod],
+            pipeline.repo,
+            pipeline.env,
+            timeout=120,
+        )
+        output, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+        for run_ in runs_of(api_url, upstream["id"]):
+            if run_["state"]["type"] not in FINAL:
+                set_state(api_url, run_["id"], "CANCELLED")
+    assert process.returncode == 1, output
+    assert f"smoke run {smoke_run['id']} of {slug}/{environment}" in output
+    assert "image pull failed" in output and REGISTRY_ANSWER in output, output
+    assert "is a worker polling" not in output
+    # At once, not at the 90 s deadline.
+    assert time.monotonic() - started < 80, output
+
+
 def set_state(api_url: str, flow_run_id: str, state: str) -> None:
     body = {"state": {"type": state}, "force": True}
     api(f"{api_url}/flow_runs/{flow_run_id}/set_state", body)

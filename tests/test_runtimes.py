@@ -167,7 +167,7 @@ def test_each_combination_has_its_files_and_dependencies(
     orchestration = load_yaml(repo / "config" / "orchestration.yaml")
     assert orchestration["work_pool_type"] == runtime
     base_job_template = orchestration.get("base_job_template")
-    # Kubernetes with the default env backend mounts the namespace's secrets as files.
+    # One per container runtime that needs more than the worker's default (every backend's).
     templates = {"ecs": "deploy/ecs-base-job-template.json"}
     templates["kubernetes"] = "deploy/kubernetes-base-job-template.json"
     assert base_job_template == templates.get(runtime)
@@ -471,21 +471,50 @@ def check_jsonschema(schema: Path, *files: Path) -> subprocess.CompletedProcess[
     )
 
 
+def merged_values(base: Any, over: Any) -> Any:
+    """Helm's merge of a later values file over an earlier one: maps deeply, the rest replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{key: merged_values(base.get(key), v) for key, v in over.items()}}
+    return over
+
+
+def helm_values(repo: Path, env: str) -> dict[str, Any]:
+    """The values Helm gets for an environment's worker: the template's, then the team's."""
+    template_values = load_yaml(repo / "deploy" / f"worker-{env}.yaml")
+    return merged_values(
+        template_values, load_yaml(repo / "deploy" / "team" / f"worker-{env}.yaml")
+    )
+
+
 def test_helm_values_pass_the_chart_schema_and_poll_their_pool(
     rendered: Callable[..., Path], tmp_path: Path
 ) -> None:
     repo = rendered("kubernetes")
     files = sorted((repo / "deploy").glob("worker-*.yaml"))
-    result = check_jsonschema(CHART_SCHEMA, *files)
+    # The team's values, given to Helm after the template's (deploy/team/ is _skip_if_exists).
+    team_files = sorted((repo / "deploy" / "team").glob("worker-*.yaml"))
+    assert [p.name for p in team_files] == [p.name for p in files]
+    assert "deploy/team/*.yaml" in QUESTIONS["_skip_if_exists"]
+    result = check_jsonschema(CHART_SCHEMA, *files, *team_files)
     assert result.returncode == 0, result.stdout + result.stderr
     for path in files:
         env = path.stem.removeprefix("worker-")
-        values = load_yaml(path)
+        team = load_yaml(repo / "deploy" / "team" / path.name)
+        # What teams tune lives only in their file: an update never conflicts on it.
+        assert set(team["worker"]) == {"selfHostedServerApiConfig", "resources"}
+        values = helm_values(repo, env)
+        merged = tmp_path / f"merged-{env}.yaml"
+        merged.write_text(yaml.safe_dump(values))
+        assert check_jsonschema(CHART_SCHEMA, merged).returncode == 0
+        assert values["worker"]["selfHostedServerApiConfig"]["apiUrl"].startswith("http")
+        assert "apiUrl" not in load_yaml(path)["worker"]["selfHostedServerApiConfig"]
         assert values["worker"]["config"] == {"workPool": f"sales-etl-{env}", "type": "kubernetes"}
         assert values["worker"]["image"]["prefectTag"] == "3.9.1-python3.12-kubernetes"
         # Basic auth comes from an existing secret, never from a value in the file.
         basic_auth = values["worker"]["selfHostedServerApiConfig"]["basicAuth"]
         assert basic_auth == {"enabled": False, "existingSecret": "sales-etl-prefect-auth"}
+        # The namespace's registry login, as the flow-run service account's.
+        assert values["worker"]["image"]["pullSecrets"] == [f"sales-etl-{env}-registry"]
 
     # The oracle can fail: a misspelt key is rejected.
     typo = load_yaml(files[0])
@@ -516,6 +545,19 @@ def test_flow_run_manifests_are_valid_and_match_the_job_variables(
         for d in documents
         if d["kind"] == "ServiceAccount"
     )
+    # Each namespace enforces Pod Security "restricted" (tests/test_kubernetes_pods.py: the
+    # pods pass it), and its flow runs pull with its own registry Secret, which the README
+    # lists among what a team creates.
+    readme = (repo / "README.md").read_text()
+    for document in documents:
+        if document["kind"] == "Namespace":
+            labels = document["metadata"]["labels"]
+            assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+        if document["kind"] == "ServiceAccount":
+            secret = f"{document['metadata']['namespace']}-registry"
+            assert document["imagePullSecrets"] == [{"name": secret}]
+    assert "`sales-etl-<env>-registry`, a `kubernetes.io/dockerconfigjson` Secret" in readme
+    assert "kubectl create secret docker-registry sales-etl-dev-registry" in readme
 
     # The oracle can fail: an unknown field is rejected under --strict.
     broken = tmp_path / "broken.yaml"
@@ -748,7 +790,7 @@ def test_generated_repository_passes_its_own_checks(
     pools = json.loads(state.strip().splitlines()[-1])
     assert set(pools) == {"sales-etl-dev"}
     runtime = answers["runtime"]
-    # ECS always ships its pools' template; Kubernetes does for the env and vault backends.
+    # ECS and Kubernetes ship their pools' template, for every secret backend.
     shipped = repo / "deploy" / f"{runtime}-base-job-template.json"
     if shipped.exists():
         assert pools["sales-etl-dev"] == json.loads(shipped.read_text())

@@ -8,7 +8,10 @@ prefect.yaml or flows.yaml declare, pointing at an upstream deployment this envi
 A run that fails, crashes or does not finish in time, or a triggered deployment missing or
 pointing elsewhere, exits 1 and stops the promotion. A run still waiting at the deadline behind
 another run of its deployment (the environment's one-run-at-a-time limit, or a scheduled run)
-exits 3: the deploy is applied, and the smoke run stays queued and runs after it.
+exits 3: the deploy is applied, and the smoke run stays queued and runs after it. A run whose
+pod cannot pull its image (the error a Kubernetes worker logs to the run, which stays Pending
+while Kubernetes retries the pull) exits 1 at once, "image pull failed" with the registry's
+answer, rather than at the deadline asking whether a worker polls the pool.
 
 The parameters are config/orchestration.yaml's `smoke:` ones (a small, safe run, per
 environment), unless --parameters gives a JSON object of each flow's parameters, by flow name
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,9 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterState,
     FlowRunFilterStateType,
+    LogFilter,
+    LogFilterFlowRunId,
+    LogFilterLevel,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
@@ -103,12 +110,37 @@ def parameters_by_deployment(
     return {d.full_name: given.get(d.flow_name, {}) for d in runs}
 
 
-def wait_for(client: SyncPrefectClient, flow_run: FlowRun, deadline: float) -> FlowRun:
-    """The flow run once final, or as it stands at the deadline."""
+# How a Kubernetes worker's observer (prefect-kubernetes 0.8) begins the error it logs to a
+# flow run whose pod sits in ErrImagePull or ImagePullBackOff; the run stays Pending.
+IMAGE_PULL_FAILED = "Image pull failed for container"
+
+
+def image_pull_failure(client: SyncPrefectClient, flow_run: FlowRun) -> str | None:
+    """The worker's error about the run's image, if it logged one."""
+    logs = client.read_logs(
+        log_filter=LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=[flow_run.id]),
+            level=LogFilterLevel(ge_=logging.ERROR),
+        ),
+        limit=20,
+    )
+    return next((log.message for log in logs if log.message.startswith(IMAGE_PULL_FAILED)), None)
+
+
+def wait_for(
+    client: SyncPrefectClient, flow_run: FlowRun, deadline: float
+) -> tuple[FlowRun, str | None]:
+    """The flow run once final, once its image could not be pulled (with the worker's error),
+    or as it stands at the deadline."""
     while True:
         flow_run = client.read_flow_run(flow_run.id)
-        if (flow_run.state and flow_run.state.is_final()) or time.monotonic() >= deadline:
-            return flow_run
+        if flow_run.state and flow_run.state.is_final():
+            return flow_run, None
+        pending = flow_run.state is not None and flow_run.state.is_pending()
+        if pending and (failure := image_pull_failure(client, flow_run)):
+            return flow_run, failure
+        if time.monotonic() >= deadline:
+            return flow_run, None
         time.sleep(POLL_SECONDS)
 
 
@@ -136,11 +168,17 @@ def outcome_problem(
     flow_run: FlowRun,
     timeout: float,
     ahead: list[FlowRun] | None = None,
+    image_pull: str | None = None,
 ) -> str | None:
     outcome = flow_run.state
     where = (
         f"smoke run {flow_run.id} of {deployment.full_name} (version {flow_run.deployment_version})"
     )
+    if image_pull:
+        return (
+            f"{where}: image pull failed, the worker's pod cannot pull its image (a pull "
+            f"secret or the image's tag): {image_pull}"
+        )
     if outcome is None or not outcome.is_final():
         if outcome is not None and (outcome.is_scheduled() or outcome.is_pending()) and ahead:
             names = ", ".join(
@@ -233,14 +271,16 @@ def smoke(state: DesiredState, parameters: dict[str, Any], timeout: float) -> li
         for deployment in untriggered(state)
     ]
     with get_client(sync_client=True) as client:
-        finished = [(d, wait_for(client, run, deadline)) for d, run in started]
+        finished = [(d, *wait_for(client, run, deadline)) for d, run in started]
         waiting = {
             run.id: queued_behind(client, run)
-            for _, run in finished
-            if run.state and (run.state.is_scheduled() or run.state.is_pending())
+            for _, run, pull in finished
+            if not pull and run.state and (run.state.is_scheduled() or run.state.is_pending())
         }
         problems = [
-            p for d, run in finished if (p := outcome_problem(d, run, timeout, waiting.get(run.id)))
+            p
+            for d, run, pull in finished
+            if (p := outcome_problem(d, run, timeout, waiting.get(run.id), pull))
         ]
         problems += trigger_problems(client, state)
     # A run waiting behind others has exactly one problem, that it is queued: when those are
@@ -252,7 +292,7 @@ def smoke(state: DesiredState, parameters: dict[str, Any], timeout: float) -> li
         )
     if problems:
         raise ConfigError("\n  ".join([f"'{state.environment}' failed its smoke test:", *problems]))
-    return [run for _, run in finished]
+    return [run for _, run, _ in finished]
 
 
 def main(argv: list[str] | None = None) -> int:

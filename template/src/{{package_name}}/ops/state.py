@@ -137,16 +137,42 @@ def read_automations(
     return automations
 
 
+# The team's job variables per environment (kubernetes: flow-run sizes, node selector,
+# tolerations, annotations), merged over prefect.yaml's; copier update never changes the file.
+TEAM_JOB_VARIABLES = Path("deploy") / "team" / "flow-runs.yaml"
+
+
+def team_job_variables(root: Path) -> dict[str, dict[str, Any]]:
+    """deploy/team/flow-runs.yaml's job variables by environment ({} without the file)."""
+    path = root / TEAM_JOB_VARIABLES
+    declared = (read_yaml(path) or {}) if path.exists() else {}
+    if not isinstance(declared, dict) or not all(
+        isinstance(v, dict) for v in declared.values() if v is not None
+    ):
+        raise ConfigError(f"{TEAM_JOB_VARIABLES}: map each environment to its job variables.")
+    return {env: variables or {} for env, variables in declared.items()}
+
+
+def with_job_variables(spec: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A deployment's spec with the team's job variables over its own."""
+    if not overrides:
+        return spec
+    pool = spec.get("work_pool") or {}
+    variables = {**(pool.get("job_variables") or {}), **overrides}
+    return {**spec, "work_pool": {**pool, "job_variables": variables}}
+
+
 def read_state(environment: str, root: Path) -> DesiredState:
     orchestration = read_yaml(root / "config" / "orchestration.yaml")
     project = read_yaml(root / "prefect.yaml")
+    overrides = team_job_variables(root).get(environment) or {}
     deployments = [
         Deployment(
             flow_name=flow_name_of(spec["entrypoint"], root),
             name=spec["name"],
             work_pool=spec["work_pool"]["name"],
             entrypoint=spec["entrypoint"],
-            spec=spec,
+            spec=with_job_variables(spec, overrides),
         )
         for spec in all_deployments(project, root)
         if ENV_TAG_PREFIX + environment in (spec.get("tags") or [])

@@ -24,7 +24,7 @@ from .._internal.config import ConfigError, environment_limits, environment_name
 from .alerts import BLOCKS
 from .automations import LOCAL_KEYS, SCOPES
 from .flow_checks import check_entrypoint, flow_problems
-from .state import base_job_template
+from .state import TEAM_JOB_VARIABLES, base_job_template, team_job_variables
 
 EXTRA_TOP_LEVEL_KEYS = {"definitions"}
 
@@ -129,6 +129,17 @@ def validate(root: Path) -> list[str]:
     for spec in project.get("deployments") or []:
         problems += check_deployment(spec, variables)
         deployed_envs |= {t[4:] for t in spec.get("tags") or [] if t.startswith("env:")}
+    try:
+        team = team_job_variables(root)
+    except ConfigError as error:
+        problems.append(str(error))
+        team = {}
+    for env, overrides in team.items():
+        where = f"{TEAM_JOB_VARIABLES} '{env}'"
+        if env not in environment_names(root / "config"):
+            problems.append(f"{where}: no such environment (no config/{env}.yaml)")
+        for key in sorted(set(overrides) - variables):
+            problems.append(f"{where}: job variable '{key}' is not in the work pool's template")
     for env in sorted(set(environment_names(root / "config")) - deployed_envs):
         problems.append(f"config/{env}.yaml has no deployment tagged 'env:{env}' in prefect.yaml")
     problems += flow_problems(project, root)
