@@ -1,9 +1,9 @@
 """Alerts on a real local Prefect server with the default render: `make reconcile`'s path saves
 the environment's alerts target from its secret (the env backend's ALERTS_TARGET, here a webhook
 receiver on 127.0.0.1) and applies the automations; then a failed run, a late run, a stopped
-worker (its pool not ready) and a flow-run process killed with SIGKILL (no heartbeat, marked
-Crashed) each deliver exactly one notification naming the project, the environment and the run
-or pool.
+worker (its pool not ready), a flow-run process killed with SIGKILL (no heartbeat, marked
+Crashed) and a window with no Completed run (the proactive no-completed-run) each deliver
+exactly one notification naming the project, the environment and the run or pool.
 
 One server, one install and one reconcile for the module (about a minute on 2 cores), then
 10-60 s per test.
@@ -307,3 +307,29 @@ def test_a_killed_run_is_marked_crashed_and_delivers_one_notification(alerted: A
     )
     assert "Crashed" in message["subject"], message
     assert api(f"{api_url}/flow_runs/{flow_run['id']}")["state"]["type"] == "CRASHED"
+
+
+def test_no_completed_run_in_its_window_delivers_one_notification(alerted: Alerted) -> None:
+    """The proactive no-completed-run, moved into the test's environment with a 20 s window:
+    no run of the project completes there, so one notification names the environment."""
+    config = alerted.repo / "config" / "orchestration.yaml"
+    text = config.read_text(encoding="utf-8")
+    head, marker, entry = text.partition("  no-completed-run:\n")
+    last = alerted.last_environment
+    assert marker and entry.count("within: 90000") == 1, "no-completed-run's window moved"
+    entry = entry.replace(f"environments: [{last}]", f"environments: [{alerted.environment}]", 1)
+    config.write_text(head + marker + entry.replace("within: 90000", "within: 20"), "utf-8")
+    about = f"automation   {alerted.slug}/{alerted.environment}/no-completed-run"
+    assert f"create  {about}" in alerted.reconcile()
+
+    def no_completed_run(message: dict[str, Any]) -> bool:
+        return "No flow run completed in its window" in message.get("subject", "") and (
+            f"({alerted.environment})" in message.get("subject", "")
+        )
+
+    message = alerted.receiver.wait_for_one(
+        no_completed_run, f"no completed run in '{alerted.environment}' for 20 s", timeout=90
+    )
+    assert f"environment {alerted.environment}" in message.get("text", "") + message.get(
+        "body", ""
+    ), message

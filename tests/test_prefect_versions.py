@@ -35,11 +35,12 @@ def test_help_states_the_range() -> None:
     assert DEFAULT in {LOWEST, HIGHEST}, "an end the check matrix does not install"
 
 
-# The modules that import Prefect, private modules included (ops.deployments and ops.validate
-# reach into prefect.cli.deploy); printing the version proves which release was installed.
+# The modules that import Prefect, ops.prefect_private (every private name ops takes from
+# prefect.cli.deploy) first; printing the version proves which release was installed.
 IMPORTS = """
 import importlib, sys, prefect
-for module in ("ops.__main__", "ops.deployments", "ops.validate", "flows.etl", "flows.publish"):
+for module in ("ops.prefect_private", "ops.__main__", "ops.deployments", "ops.validate",
+               "flows.etl", "flows.publish"):
     importlib.import_module(f"{sys.argv[1]}.{module}")
 print(prefect.__version__)
 """

@@ -20,8 +20,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID, uuid4
 
-from prefect.cli.deploy._schedules import _schedule_config_to_deployment_schedule
-from prefect.cli.deploy._triggers import _initialize_deployment_triggers
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
 from prefect.client.schemas.responses import DeploymentResponse
@@ -38,6 +36,10 @@ from prefect.utilities.templating import (
 )
 
 from .automations import automation_fields
+from .prefect_private import (
+    initialize_deployment_triggers,
+    schedule_config_to_deployment_schedule,
+)
 from .state import Deployment, DesiredState, load_flow
 from .versions import VERSION_VAR, head_version
 
@@ -114,7 +116,7 @@ def trigger_automations(name: str, specs: list[dict[str, Any]], deployment_id: U
             spec["parameters"] = parameters
         templated.append(spec)
     automations = []
-    for trigger in _initialize_deployment_triggers(name, templated):
+    for trigger in initialize_deployment_triggers(name, templated):
         trigger.set_deployment_id(deployment_id)
         automations.append(canonical(automation_fields(trigger.as_automation())))
     return sorted(automations)
@@ -158,7 +160,7 @@ def desired_fields(deployment: Deployment, state: DesiredState, root: Path) -> d
     if spec.get("schedules") is not None:
         fields["schedules"] = sorted(
             canonical_schedule(
-                _schedule_config_to_deployment_schedule(schedule)["schedule"].model_dump(
+                schedule_config_to_deployment_schedule(schedule)["schedule"].model_dump(
                     mode="json"
                 ),
                 schedule.get("active", True),

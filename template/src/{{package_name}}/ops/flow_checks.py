@@ -16,7 +16,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from prefect.cli.deploy._models import RawScheduleConfig
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import Flow
 from pydantic import ValidationError
@@ -33,6 +32,7 @@ from .flows import (
     read_flows,
     team_deployments,
 )
+from .prefect_private import RawScheduleConfig
 from .state import load_flow
 
 PACKAGE = __package__.rpartition(".")[0]

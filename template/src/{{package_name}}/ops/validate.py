@@ -11,11 +11,6 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from prefect.cli.deploy._models import (
-    DeploymentConfig,
-    PrefectYamlModel,
-    WorkPoolConfig,
-)
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.events.schemas.automations import AutomationCore
 from pydantic import BaseModel, ValidationError
@@ -24,6 +19,7 @@ from .._internal.config import ConfigError, environment_limits, environment_name
 from .alerts import BLOCKS
 from .automations import LOCAL_KEYS, SCOPES
 from .flow_checks import check_entrypoint, flow_problems
+from .prefect_private import DeploymentConfig, PrefectYamlModel, WorkPoolConfig
 from .state import TEAM_JOB_VARIABLES, base_job_template, team_job_variables
 
 EXTRA_TOP_LEVEL_KEYS = {"definitions"}
