@@ -375,6 +375,17 @@ def check_previous_api(repo: Path, env: dict[str, str], form: str) -> None:
     assert per_environment or not any(name.startswith("PREVIOUS_") for name in env)
 
 
+def check_previous_api_listed(repo: Path) -> None:
+    """Where the platform hands a job every variable of its environment (GitLab, Bitbucket),
+    the README's CI section asks for the previous API's settings iff there is an API per
+    environment."""
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    ci_section = readme.split("### CI/CD", 1)[1].split("\n### ", 1)[0]
+    per_environment = answers_of(repo)["api_topology"] == "per-environment"
+    for name in PREVIOUS_API:
+        assert (f"`{name}`" in ci_section) == per_environment, name
+
+
 def check_gitlab_ci(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> None:
     check_jsonschema(repo, "vendor.gitlab-ci", ".gitlab-ci.yml")
     preprod, prod = preprod_and_prod(repo)
@@ -424,10 +435,7 @@ def check_gitlab_ci(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> 
     assert rollback_job["resource_group"] == "$ROLLBACK_ENV"
     assert rollback_job["script"][-1] == 'make rollback ENV="$ROLLBACK_ENV" TO="$ROLLBACK_TO"'
     assert set(pipeline["variables"]) >= {"ROLLBACK_ENV", "ROLLBACK_TO"}
-    # GitLab maps every scoped variable into a job: the README lists them.
-    readme = (repo / "README.md").read_text(encoding="utf-8")
-    per_environment = answers_of(repo)["api_topology"] == "per-environment"
-    assert all((f"`{name}`" in readme) == per_environment for name in PREVIOUS_API)
+    check_previous_api_listed(repo)
     if "build-image" in pipeline:
         # docker:28 is Alpine: what the Makefile's SHELL needs is installed first.
         assert "bash" in pipeline["build-image"]["before_script"][0].split()
@@ -471,9 +479,7 @@ def check_bitbucket_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules:
         assert step["concurrency-group"] == f"deploy-{env}"
         assert step["script"][-1] == f'make rollback ENV={env} TO="$ROLLBACK_TO"'
         assert step["clone"] == {"depth": "full"}
-    readme = (repo / "README.md").read_text(encoding="utf-8")
-    per_environment = answers_of(repo)["api_topology"] == "per-environment"
-    assert all((f"`{name}`" in readme) == per_environment for name in PREVIOUS_API)
+    check_previous_api_listed(repo)
 
 
 def azure_command(step: dict[str, Any]) -> str | None:

@@ -296,7 +296,10 @@ def head_version(state: DesiredState, root: Path, commit: str, *, build: bool = 
 def rollback_tree(root: Path, commit: str) -> Iterator[Path]:
     """A checkout of commit (`git worktree add --detach`, outside the repository), removed
     afterwards: a rollback deploys that commit's own prefect.yaml, config/ and flows.yaml
-    with its image. Process workers still clone this repository, not the checkout."""
+    with its image, since HEAD's may name parameters, entrypoints or job variables the old
+    image lacks. Process workers still clone this repository (DEPLOY_REPOSITORY), at commit.
+    This process's code is HEAD's: a flow named by a module path is imported from the
+    installed package to read its parameter schema, so the schema sent is HEAD's flow's."""
     parent = Path(tempfile.mkdtemp(prefix="rollback-"))
     tree = parent / "tree"
     added = git(root, "worktree", "add", "--detach", "--quiet", str(tree), commit)
