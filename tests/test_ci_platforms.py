@@ -41,6 +41,7 @@ from tests.rendering import (
 )
 
 PLATFORMS = choices("ci_platform")
+TOPOLOGIES = choices("api_topology")
 RUNTIMES = choices("runtime")
 SECRET_BACKENDS = choices("secret_backend")
 
@@ -50,6 +51,7 @@ CI_FILES = {
         ".github/workflows/ci.yml",
         ".github/workflows/deploy.yml",
         ".github/workflows/preview.yml",
+        ".github/workflows/rollback.yml",
         ".github/dependabot.yml",
         ".github/renovate.json",
     ],
@@ -247,6 +249,12 @@ def committed_copy(repo: Path, destination: Path) -> Path:
     return destination
 
 
+PREVIOUS_API = (
+    "PREVIOUS_PREFECT_API_URL",
+    "PREVIOUS_PREFECT_API_KEY",
+    "PREVIOUS_PREFECT_API_AUTH_STRING",
+)
+
 # --- The rules each platform's files keep -------------------------------------------------------
 
 
@@ -263,7 +271,7 @@ PINNED = re.compile(r"uses: [\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+$")
 
 
 def check_github_actions(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> None:
-    check_jsonschema(repo, "vendor.github-workflows", *CI_FILES["github-actions"][:3])
+    check_jsonschema(repo, "vendor.github-workflows", *CI_FILES["github-actions"][:4])
     check_jsonschema(repo, "vendor.dependabot", ".github/dependabot.yml")
     actionlint(repo, tools.actionlint)
     assert "No findings to report" in zizmor(repo)
@@ -336,6 +344,47 @@ def check_github_actions(repo: Path, tools: Oracles, tmp_path: Path, rules: bool
     assert step["env"]["PREFECT_API_AUTH_STRING"] == "${{ secrets.PREFECT_API_AUTH_STRING }}"
     assert "'preview-close'" in step["env"]["TARGET"] and "closed" in step["env"]["TARGET"]
 
+    rollback = load(repo, ".github/workflows/rollback.yml")
+    inputs = rollback[True]["workflow_dispatch"]["inputs"]
+    assert set(rollback[True]) == {"workflow_dispatch"}
+    assert inputs["environment"]["options"] == [*preprod, prod]
+    assert inputs["commit"]["required"] is True
+    (rollback_job,) = rollback["jobs"].values()
+    assert rollback_job["environment"] == "${{ inputs.environment }}"
+    assert rollback_job["concurrency"]["group"] == "deploy-${{ inputs.environment }}"
+    # The whole history: the commit's own tree is checked out.
+    assert rollback_job["steps"][0]["with"]["fetch-depth"] == 0
+    step = rollback_job["steps"][-1]
+    assert step["run"] == 'make rollback ENV="$ROLLBACK_ENV" TO="$ROLLBACK_TO"'
+    assert step["env"]["ROLLBACK_TO"] == "${{ inputs.commit }}"
+    assert step["env"]["PREFECT_API_URL"] == "${{ secrets.PREFECT_API_URL }}"
+    for job in [*deploy_jobs_of(deploy), rollback_job]:
+        check_previous_api(repo, job["steps"][-1]["env"], "${{ secrets.%s }}")
+
+
+def deploy_jobs_of(workflow: dict[str, Any]) -> list[dict[str, Any]]:
+    return [job for job in workflow["jobs"].values() if "environment" in job]
+
+
+def check_previous_api(repo: Path, env: dict[str, str], form: str) -> None:
+    """With an API per environment a deploy or rollback maps the previous environment's API
+    and read credentials (ops/topology.py), each as the platform reads a secret; else none."""
+    per_environment = answers_of(repo)["api_topology"] == "per-environment"
+    for name in PREVIOUS_API:
+        assert (env.get(name) == form % name) == per_environment, (name, env.get(name))
+    assert per_environment or not any(name.startswith("PREVIOUS_") for name in env)
+
+
+def check_previous_api_listed(repo: Path) -> None:
+    """Where the platform hands a job every variable of its environment (GitLab, Bitbucket),
+    the README's CI section asks for the previous API's settings iff there is an API per
+    environment."""
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    ci_section = readme.split("### CI/CD", 1)[1].split("\n### ", 1)[0]
+    per_environment = answers_of(repo)["api_topology"] == "per-environment"
+    for name in PREVIOUS_API:
+        assert (f"`{name}`" in ci_section) == per_environment, name
+
 
 def check_gitlab_ci(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> None:
     check_jsonschema(repo, "vendor.gitlab-ci", ".gitlab-ci.yml")
@@ -363,6 +412,12 @@ def check_gitlab_ci(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> 
         jobs = gitlab_jobs(work, tools.bin, *merge_request)
         assert active(jobs).keys() - {"build-image"} == {"check", "preview", "preview-close"}
         assert jobs["preview-close"]["when"] == "manual"
+    # A pipeline run by hand with the rollback variables: the manual rollback job, no deploy.
+    rollback = ["CI_PIPELINE_SOURCE=web", f"ROLLBACK_ENV={prod}", "ROLLBACK_TO=abc1234"]
+    jobs = gitlab_jobs(work, tools.bin, *rollback)
+    assert active(jobs).keys() - {"build-image"} == {"check", "rollback"}
+    assert jobs["rollback"]["when"] == "manual"
+    assert "rollback" not in active(gitlab_jobs(work, tools.bin, "CI_PIPELINE_SOURCE=web"))
 
     pipeline = load(repo, ".gitlab-ci.yml")
     for env in [*preprod, prod]:
@@ -375,6 +430,12 @@ def check_gitlab_ci(repo: Path, tools: Oracles, tmp_path: Path, rules: bool) -> 
         'make smoke ENV="$CI_ENVIRONMENT_NAME"',
     ]
     assert pipeline[".reconcile"]["variables"]["GIT_DEPTH"] == "0"
+    rollback_job = pipeline["rollback"]
+    assert rollback_job["environment"]["name"] == "$ROLLBACK_ENV"
+    assert rollback_job["resource_group"] == "$ROLLBACK_ENV"
+    assert rollback_job["script"][-1] == 'make rollback ENV="$ROLLBACK_ENV" TO="$ROLLBACK_TO"'
+    assert set(pipeline["variables"]) >= {"ROLLBACK_ENV", "ROLLBACK_TO"}
+    check_previous_api_listed(repo)
     if "build-image" in pipeline:
         # docker:28 is Alpine: what the Makefile's SHELL needs is installed first.
         assert "bash" in pipeline["build-image"]["before_script"][0].split()
@@ -407,6 +468,18 @@ def check_bitbucket_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules:
         assert step["clone"] == {"depth": "full"}
         assert step["concurrency-group"] == f"deploy-{env}"
         assert "caches" not in step
+    # A rollback per deployment environment, started by hand with the commit as a variable.
+    custom = pipelines["custom"]
+    assert list(custom) == [f"rollback-{env}" for env in [*preprod, prod]]
+    for env in [*preprod, prod]:
+        variables, rollback_step = custom[f"rollback-{env}"]
+        assert [v["name"] for v in variables["variables"]] == ["ROLLBACK_TO"]
+        (step,) = deploys([rollback_step])
+        assert step["deployment"] == env
+        assert step["concurrency-group"] == f"deploy-{env}"
+        assert step["script"][-1] == f'make rollback ENV={env} TO="$ROLLBACK_TO"'
+        assert step["clone"] == {"depth": "full"}
+    check_previous_api_listed(repo)
 
 
 def azure_command(step: dict[str, Any]) -> str | None:
@@ -462,11 +535,42 @@ def check_azure_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules: boo
     # which a stage's variable group overrides: an undefined one would otherwise reach the
     # deploy as the text $(NAME).
     optional = ["PREFECT_API_KEY", "PREFECT_API_AUTH_STRING"]
+    if answers_of(repo)["api_topology"] == "per-environment":
+        optional += list(PREVIOUS_API)
     if answers_of(repo)["runtime"] == "ecs":
         optional += ["ECS_PREFECT_API_KEY_SECRET_ARN", "ECS_PREFECT_API_AUTH_STRING_SECRET_ARN"]
     assert pipeline["variables"] == [{"name": name, "value": ""} for name in optional]
     stages = {stage["stage"]: stage for stage in pipeline["stages"]}
-    assert list(stages) == ["check", "preview", *(f"deploy_{env}" for env in [*preprod, prod])]
+    environments = [*preprod, prod]
+    assert list(stages) == [
+        "check",
+        "preview",
+        *(f"deploy_{env}" for env in environments),
+        *(f"rollback_{env}" for env in environments),
+    ]
+    parameters = {parameter["name"]: parameter for parameter in pipeline["parameters"]}
+    assert parameters["rollbackEnvironment"]["values"] == ["none", *environments]
+    assert parameters["rollbackEnvironment"]["default"] == "none"
+    for env in environments:
+        # A run with the parameter left at none deploys; one naming env rolls back only it.
+        assert (
+            "'${{ parameters.rollbackEnvironment }}', 'none'"
+            in stages[f"deploy_{env}"]["condition"]
+        )
+        stage = stages[f"rollback_{env}"]
+        assert stage["condition"] == (
+            f"and(succeeded(), eq('${{{{ parameters.rollbackEnvironment }}}}', '{env}'))"
+        )
+        assert {"name": "ROLLBACK_TO", "value": "${{ parameters.rollbackCommit }}"} in stage[
+            "variables"
+        ]
+        (job,) = stage["jobs"]
+        assert job["environment"] == env
+        steps = job["strategy"]["runOnce"]["deploy"]["steps"]
+        assert steps[0]["fetchDepth"] == "0"
+        assert azure_command(steps[-1]) == f'make rollback ENV={env} TO="$ROLLBACK_TO"'
+        check_azure_deploy_step(repo, env, steps[-1], "make rollback")
+        check_previous_api(repo, steps[-1]["env"], "$(%s)")
     assert "'PullRequest'" in stages["preview"]["condition"]
     preview_step = stages["preview"]["jobs"][0]["steps"][-1]
     assert azure_command(preview_step) == "make preview REQUEST=$(System.PullRequest.PullRequestId)"
@@ -591,6 +695,19 @@ def test_platform_and_runtime_render_valid_ci(
 ) -> None:
     repo = rendered(ci_platform=platform, runtime=runtime)
     check_platform(platform, repo, oracles, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "topology", [t for t in TOPOLOGIES if t != QUESTIONS["api_topology"]["default"]]
+)
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_every_topology_renders_valid_ci(
+    platform: str, topology: str, rendered: Callable[..., Path], oracles: Oracles, tmp_path: Path
+) -> None:
+    """The default topology is test_platform_renders_valid_ci's; an API per environment adds
+    the previous environment's settings to every deploy and rollback job."""
+    repo = rendered(ci_platform=platform, api_topology=topology)
+    check_platform(platform, repo, oracles, tmp_path, rules=True)
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
-"""Every runtime x task runner, and every secret backend and CI platform, renders a tidy tree
-that passes the generated repository's own ruff configuration, with the longest names the
-validators accept (the default names are checked by tests/test_runtimes.py)."""
+"""Every runtime x task runner, and every secret backend, CI platform and API topology,
+renders a tidy tree that passes the generated repository's own ruff configuration, with the
+longest names the validators accept (the default names are checked by tests/test_runtimes.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ COMBINATIONS = [
 ]
 COMBINATIONS += [{"secret_backend": backend} for backend in choices("secret_backend")]
 COMBINATIONS += [{"ci_platform": platform} for platform in choices("ci_platform")]
+COMBINATIONS += [{"api_topology": topology} for topology in choices("api_topology")]
 
 
 @pytest.mark.parametrize("answers", COMBINATIONS, ids=["-".join(c.values()) for c in COMBINATIONS])

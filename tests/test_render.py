@@ -484,6 +484,7 @@ BAD_ANSWERS = [
     ("secret_backend", "plaintext-file", "plaintext-file"),
     ("ci_platform", "jenkins", "jenkins"),
     ("task_runner", "celery", "celery"),
+    ("api_topology", "mesh", "mesh"),
 ]
 
 

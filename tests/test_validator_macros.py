@@ -26,6 +26,8 @@ from croniter import CroniterBadDateError, croniter
 from jinja2 import Environment, FileSystemLoader
 from jinja2.sandbox import SandboxedEnvironment
 
+from tests.rendering import QUESTIONS
+
 REPO = Path(__file__).resolve().parent.parent
 TIMEZONES_FILE = REPO / "includes" / "timezones.jinja"
 UPDATE_SCRIPT = REPO / "scripts" / "update_timezones.py"
@@ -799,3 +801,24 @@ def test_reserved_names_cover_every_dependency_and_the_standard_library() -> Non
     imports = {IMPORT_NAMES.get(name, name.replace("-", "_")) for name in required}
     stdlib = {name for name in sys.stdlib_module_names if re.fullmatch(r"[a-z_][a-z0-9_]*", name)}
     assert (imports | stdlib | {"tests"}) - set(packages) == set()
+
+
+def test_api_topology_validator_accepts_each_choice_and_names_the_allowed_ones() -> None:
+    """copier refuses a value outside `choices` first; the macro also guards what copier.yml's
+    choices and ops/topology.py's TOPOLOGIES must agree on."""
+    validator = ENV.from_string(
+        "{% from 'includes/validators.jinja' import api_topology_error %}"
+        "{{ api_topology_error(x) }}"
+    )
+    questions = QUESTIONS
+    assert sorted(questions["api_topology"]["choices"].values()) == sorted(
+        ["shared", "per-environment"]
+    )
+    for value in questions["api_topology"]["choices"].values():
+        assert validator.render(x=value) == ""
+    assert validator.render(x="mesh") == (
+        "api_topology: 'mesh' is not a topology. Use 'shared' (one Prefect API for every "
+        "environment) or 'per-environment' (a server or Prefect Cloud workspace per environment)."
+    )
+    topology = REPO / "template" / "src" / "{{package_name}}" / "ops" / "topology.py.jinja"
+    assert 'TOPOLOGIES = ("shared", "per-environment")' in topology.read_text(encoding="utf-8")

@@ -113,25 +113,36 @@ def _is_cloud(url: str) -> bool:
     return url.startswith(get_current_settings().cloud.api_url)
 
 
-def credential_refused(url: str, status: int) -> str:
-    """Which setting to fix when the API at url answers 401 or 403; never its value."""
+def credential_refused(
+    url: str,
+    status: int,
+    *,
+    prefix: str = "",
+    given: tuple[str, str] | None = None,
+    needs: str = "manages work pools, deployments and concurrency limits",
+) -> str:
+    """Which setting to fix when the API at url answers 401 or 403; never its value. prefix
+    names the settings ('PREVIOUS_' for the previous environment's API, ops/topology.py), and
+    given holds their (key, auth string) when they are not Prefect's own settings."""
     settings = get_current_settings().api
+    if given is None:
+        key, auth = settings.key, settings.auth_string
+        given = (key.get_secret_value() if key else "", auth.get_secret_value() if auth else "")
     if _is_cloud(url):
-        name, given = "PREFECT_API_KEY", settings.key
+        name, value = f"{prefix}PREFECT_API_KEY", given[0]
         wanted = "an API key of a user or service account with a role in this workspace"
     else:
-        name, given = "PREFECT_API_AUTH_STRING", settings.auth_string
+        name, value = f"{prefix}PREFECT_API_AUTH_STRING", given[1]
         wanted = "the 'user:password' the server's PREFECT_SERVER_API_AUTH_STRING holds"
     if status == 403:
         return (
             f"the Prefect API at {url} forbids this request (403 Forbidden): {name} is "
-            "accepted but may not do this; give its account a role that manages work pools, "
-            "deployments and concurrency limits (or check the proxy in front of the server)"
+            f"accepted but may not do this; give its account a role that {needs} "
+            "(or check the proxy in front of the server)"
         )
-    is_set = given is not None and bool(given.get_secret_value().strip())
     return (
         f"the Prefect API at {url} refused the request (401 Unauthorized): {name} "
-        f"{'was not accepted' if is_set else 'is unset'}; set it to {wanted}"
+        f"{'was not accepted' if value.strip() else 'is unset'}; set it to {wanted}"
     )
 
 
@@ -155,15 +166,16 @@ def api_refusal(error: BaseException) -> str | None:
     return None
 
 
-def _unreachable(url: str, error: BaseException) -> ConfigError:
+def _unreachable(url: str, error: BaseException, prefix: str = "") -> ConfigError:
     if isinstance(error, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(error):
         return ConfigError(
             f"the Prefect API at {url} failed TLS verification ({type(error).__name__}): set "
-            "PREFECT_API_SSL_CERT_FILE to the CA bundle that signed the server's certificate; "
-            "nothing was changed."
+            f"{prefix}PREFECT_API_SSL_CERT_FILE to the CA bundle that signed the server's "
+            "certificate; nothing was changed."
         )
+    fix = f"; check {prefix}PREFECT_API_URL" if prefix else ""
     return ConfigError(
-        f"the Prefect API at {url} does not answer ({type(error).__name__}: {error}); "
+        f"the Prefect API at {url} does not answer ({type(error).__name__}: {error}){fix}; "
         "nothing was changed."
     )
 
@@ -180,34 +192,50 @@ def check_api(url: str | None, *, timeout: float = 15.0) -> None:
     settings = get_current_settings().api
     auth_string = settings.auth_string.get_secret_value() if settings.auth_string else ""
     key = settings.key.get_secret_value() if settings.key else ""
+    check_credentials(url, key=key, auth_string=auth_string, timeout=timeout)
+
+
+def check_credentials(
+    url: str,
+    *,
+    key: str,
+    auth_string: str,
+    prefix: str = "",
+    httpx_settings: Mapping[str, Any] | None = None,
+    needs: str = "manages work pools, deployments and concurrency limits",
+    timeout: float = 15.0,
+) -> None:
+    """Refuse an API at url that does not answer an authenticated read with these credentials,
+    naming the `{prefix}PREFECT_API_*` setting to fix (never a value)."""
     # Sent as they are, an Azure `$(NAME)` would be refused as a wrong credential.
     for name, value in (("PREFECT_API_AUTH_STRING", auth_string), ("PREFECT_API_KEY", key)):
-        if problem := unexpanded(name, value):
+        if problem := unexpanded(prefix + name, value):
             raise ConfigError(f"{problem}; nothing was changed.")
     client = SyncPrefectClient(
         url,
         auth_string=auth_string or None,
         api_key=key or None,
-        httpx_settings={"timeout": timeout},
+        httpx_settings={**(httpx_settings or {}), "timeout": timeout},
     )
     # One attempt each: Prefect's client retries a timeout five times with growing pauses.
     with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}), client:
         if (error := client.api_healthcheck()) is not None:
-            raise _unreachable(url, error) from None
+            raise _unreachable(url, error, prefix) from None
         try:
             # What reconcile reads first; /health proves nothing about the credential.
             client.read_work_pools(limit=1)
         except httpx.HTTPStatusError as error:
             status = error.response.status_code
             if status in (401, 403):
-                refused = credential_refused(url, status)
+                given = (key, auth_string)
+                refused = credential_refused(url, status, prefix=prefix, given=given, needs=needs)
                 raise ConfigError(f"{refused}; nothing was changed.") from None
             raise ConfigError(
                 f"the Prefect API at {url} answered {status} to a read of its work pools; "
                 "nothing was changed."
             ) from None
         except httpx.HTTPError as error:
-            raise _unreachable(url, error) from None
+            raise _unreachable(url, error, prefix) from None
 
 
 def build_problems(state: DesiredState, root: Path) -> list[str]:

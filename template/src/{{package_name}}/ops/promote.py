@@ -8,11 +8,16 @@
   deployments must run this commit, and for each one no trigger starts a run of that version
   must have Completed there, labelled by its own code with this commit (the smoke runs CI
   makes after each deploy; _internal/provenance.py). Both are read from
-  the Prefect API, which only a deploy writes, never from a variable. The image is the
-  previous environment's, by digest: nothing is built.
+  the previous environment's Prefect API, which only its deploy and its workers write, never
+  from a variable: the deploying job's own API when environments share one, else the previous
+  environment's, with read credentials (ops/topology.py). The image is the previous
+  environment's, by digest: nothing is built.
 - `--to COMMIT` (make rollback) redeploys an earlier commit that completed a run of this
-  project: its image by the digest that run's version records (nothing is built), or for the
-  process runtime the commit itself, which the worker clones. No gate applies.
+  project (on this environment's API, however long ago): its image by the digest that run's
+  version records (nothing is built), or for the process runtime the commit itself, which the
+  worker clones. It deploys that commit's own prefect.yaml, config/ and flows.yaml, from a
+  checkout of it (rollback_tree): HEAD's could name parameters, entrypoints or job variables
+  the old image does not have. No gate applies.
 
 Each deployment's version is `<commit>[@<digest>]` (ops/versions.py). Then the environment is
 reconciled as `ops reconcile` does it, with its preflight.
@@ -22,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
@@ -41,14 +48,16 @@ from prefect.settings import get_current_settings
 
 from .._internal.config import ConfigError, read_yaml
 from .._internal.provenance import recorded_commit
-from .deployments import deploy_environment
+from .deployments import REPOSITORY_VAR, deploy_environment, repository_url
 from .flows import environment_order
 from .preflight import api_refusal, check_api, preflight
 from .reconcile import reconcile
 from .state import Deployment, DesiredState, read_state
+from .topology import evidence_client
 from .versions import VERSION_VAR, Version, git, image_tag, resolve_commit
 
-# Runs read back when looking for a version: the newest first, enough for weeks of deploys.
+# Runs read back per request when looking for a version, the newest first: the gate reads one
+# page (smoke runs are recent), rollback pages on until it finds the commit.
 RUNS_SEARCHED = 200
 
 
@@ -81,12 +90,25 @@ def check_on_default_branch(root: Path, commit: str, branch: str) -> None:
         )
 
 
-def completed_runs(client: SyncPrefectClient, flow_run_filter: FlowRunFilter) -> list[FlowRun]:
+def only_completed(flow_run_filter: FlowRunFilter) -> FlowRunFilter:
     flow_run_filter.state = FlowRunFilterState(
         type=FlowRunFilterStateType(any_=[StateType.COMPLETED])
     )
+    return flow_run_filter
+
+
+def completed_runs(
+    client: SyncPrefectClient,
+    flow_run_filter: FlowRunFilter,
+    *,
+    offset: int = 0,
+    limit: int = RUNS_SEARCHED,
+) -> list[FlowRun]:
     return client.read_flow_runs(
-        flow_run_filter=flow_run_filter, sort=FlowRunSort.START_TIME_DESC, limit=RUNS_SEARCHED
+        flow_run_filter=only_completed(flow_run_filter),
+        sort=FlowRunSort.START_TIME_DESC,
+        limit=limit,
+        offset=offset,
     )
 
 
@@ -171,16 +193,30 @@ def gate(
     return versions[0]
 
 
-def rollback_version(client: SyncPrefectClient, state: DesiredState, commit: str) -> Version:
-    """The version of commit that completed a run of this project, in any environment."""
-    runs = completed_runs(client, FlowRunFilter(tags=FlowRunFilterTags(all_=[state.project_tag])))
-    for run in runs:
-        version = Version.parse(run.deployment_version)
-        if version is not None and version.commit == commit:
-            return version
+def rollback_version(
+    client: SyncPrefectClient, state: DesiredState, commit: str, *, page: int = RUNS_SEARCHED
+) -> Version:
+    """The newest version of commit that completed a run of this project on this API (any
+    environment it holds), however old: Completed runs are read a page at a time, the newest
+    first, until one ran commit or none is left. Prefect 3.9 filters flow runs by neither
+    deployment version nor label, so the search is by offset, bounded by the count of
+    Completed runs when it starts (runs completing meanwhile only shift pages: older ones are
+    read twice, never skipped)."""
+    runs_filter = only_completed(FlowRunFilter(tags=FlowRunFilterTags(all_=[state.project_tag])))
+    total = client.count_flow_runs(flow_run_filter=runs_filter)
+    offset = 0
+    while offset <= total:
+        runs = completed_runs(client, runs_filter, offset=offset, limit=page)
+        for run in runs:
+            version = Version.parse(run.deployment_version)
+            if version is not None and version.commit == commit:
+                return version
+        if len(runs) < page:
+            break
+        offset += page
     raise ConfigError(
-        f"no Completed run of {state.project} at commit {commit[:12]} among the last "
-        f"{RUNS_SEARCHED}: there is no version of it known to have worked."
+        f"no Completed run of {state.project} at commit {commit[:12]} among its {total} "
+        "Completed runs on this API: there is no version of it known to have worked."
     )
 
 
@@ -237,7 +273,8 @@ def choose_version(
             environments = [previous, state.environment]
             if problems := image.platform_problems(state.project_file, root, environments):
                 raise ConfigError(problems[-1])
-        return gate(client, state, previous, commit, root)
+        with evidence_client(client, previous) as reader:
+            return gate(reader, state, previous, commit, root)
     return head_version(state, root, commit)
 
 
@@ -255,6 +292,37 @@ def head_version(state: DesiredState, root: Path, commit: str, *, build: bool = 
     return Version(commit, image.publish(state, root, tag))
 
 
+@contextmanager
+def rollback_tree(root: Path, commit: str) -> Iterator[Path]:
+    """A checkout of commit (`git worktree add --detach`, outside the repository), removed
+    afterwards: a rollback deploys that commit's own prefect.yaml, config/ and flows.yaml
+    with its image, since HEAD's may name parameters, entrypoints or job variables the old
+    image lacks. Process workers still clone this repository (DEPLOY_REPOSITORY), at commit.
+    This process's code is HEAD's: a flow named by a module path is imported from the
+    installed package to read its parameter schema, so the schema sent is HEAD's flow's."""
+    parent = Path(tempfile.mkdtemp(prefix="rollback-"))
+    tree = parent / "tree"
+    added = git(root, "worktree", "add", "--detach", "--quiet", str(tree), commit)
+    if added.returncode != 0:
+        shutil.rmtree(parent, ignore_errors=True)
+        raise ConfigError(
+            f"could not check out {commit[:12]} to deploy its prefect.yaml: "
+            f"{added.stderr.strip()}; nothing was deployed."
+        )
+    saved = os.environ.get(REPOSITORY_VAR)
+    os.environ[REPOSITORY_VAR] = saved or repository_url(root, os.environ)
+    try:
+        yield tree
+    finally:
+        if saved is None:
+            os.environ.pop(REPOSITORY_VAR, None)
+        else:
+            os.environ[REPOSITORY_VAR] = saved
+        git(root, "worktree", "remove", "--force", str(tree))
+        shutil.rmtree(parent, ignore_errors=True)
+        git(root, "worktree", "prune")
+
+
 def deploy(environment: str, root: Path, *, to: str | None, default_branch: str) -> Version:
     state = read_state(environment, root)
     api_url = get_current_settings().api.url
@@ -262,9 +330,14 @@ def deploy(environment: str, root: Path, *, to: str | None, default_branch: str)
     with get_client(sync_client=True) as client:
         version = choose_version(client, state, root, to=to, default_branch=default_branch)
     print(f"Deploying '{environment}' at version {version}.")
-    with pinned_environment(version), deploy_environment(root):
-        preflight(state, api_url, prebuilt_image=builds_image(state), root=root)
-        reconcile(state, root, dry_run=False, skip_deploy=False, prebuilt_image=builds_image(state))
+    tree = rollback_tree(root, version.commit) if to else nullcontext(root)
+    with tree as source, pinned_environment(version), deploy_environment(source):
+        if source != root:
+            print(f"From {version.commit[:12]}'s own prefect.yaml and config/.")
+            state = read_state(environment, source)
+        prebuilt = builds_image(state)
+        preflight(state, api_url, prebuilt_image=prebuilt, root=source)
+        reconcile(state, source, dry_run=False, skip_deploy=False, prebuilt_image=prebuilt)
     return version
 
 
