@@ -32,6 +32,11 @@ GIT_IDENTITY = {
 QUESTIONS = yaml.safe_load((ROOT / "copier.yml").read_text(encoding="utf-8"))
 # What `prefect deploy` substitutes in prefect.yaml from the deploying environment: `{{ $NAME }}`.
 DEPLOY_ENV_PLACEHOLDER = re.compile(r"\{\{ \$([A-Z_]+) \}\}")
+# An alerts target for a deploy of an environment that requires one (the last, by default:
+# ops/preflight.py) where a test does not read the alerts: nothing listens on port 9 of
+# 127.0.0.1, so a firing is only an error in the server's log.
+UNHEARD_ALERTS = {"ALERTS_TARGET": "http://127.0.0.1:9/alerts"}
+
 # The ones a deploy always has: the Makefile sets IMAGE_TAG, reconcile DEPLOY_VERSION (the commit).
 SET_WHEN_DEPLOYING = {"IMAGE_TAG", "DEPLOY_VERSION", "DEPLOY_REPOSITORY"}
 

@@ -21,7 +21,7 @@ from fleet.cli import main
 from tests import test_update as update_tests
 from tests.e2e.server import running_server
 from tests.fleet_support import snapshot
-from tests.rendering import BIN, GIT_IDENTITY, commit_lock, git, run, sync
+from tests.rendering import BIN, GIT_IDENTITY, UNHEARD_ALERTS, commit_lock, git, run, sync
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("adopt")]
 
@@ -318,6 +318,7 @@ def test_an_adopted_repository_keeps_its_deployment_on_a_real_server_and_runs(
         # Its own tests pass as the adopted repository's CI runs them (no server of ours).
         run(["uv", "run", "--frozen", "pytest", "-q"], repo, synced, 600)
         repo_env = {**synced, **server.env(), "PATH": f"{BIN}:{os.environ['PATH']}"}
+        repo_env |= UNHEARD_ALERTS  # prod, the last environment, requires an alerts target
         plan = run(["make", "plan", "ENV=prod"], repo, repo_env)
         # What it already had stays: the plan moves it to the template's pool and package, and
         # changes neither its name, its schedule nor its parameters.

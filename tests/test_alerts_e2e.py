@@ -30,7 +30,7 @@ import pytest
 
 from bench.concurrency_bench import api
 from tests.e2e.server import running_server, running_worker
-from tests.rendering import answers_of, sync
+from tests.rendering import BIN, answers_of, sync
 from tests.test_orchestration_e2e import Pipeline
 
 pytestmark = [pytest.mark.xdist_group("alerts"), pytest.mark.slow]
@@ -333,3 +333,40 @@ def test_no_completed_run_in_its_window_delivers_one_notification(alerted: Alert
     assert f"environment {alerted.environment}" in message.get("text", "") + message.get(
         "body", ""
     ), message
+
+
+def test_the_last_environment_without_a_target_is_refused_and_nothing_changes(
+    alerted: Alerted,
+) -> None:
+    """Production requires an alerts target (config/<last>.yaml's alerts_required): without
+    its secret, its plan says a deploy would be refused, and a deploy is refused naming what to
+    create, before any pool or automation."""
+    last, api_url = alerted.last_environment, alerted.server.api_url
+    assert last != alerted.environment
+    env = {k: v for k, v in alerted.env.items() if k != "ALERTS_TARGET"}
+    command = ["python", "-m", f"{alerted.package}.ops", "reconcile", "--env", last]
+
+    def reconcile(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "uv"), "run", *command, *args],
+            cwd=alerted.repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    plan = reconcile("--dry-run")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert f"config/{last}.yaml requires one: a deploy is refused." in plan.stderr, plan.stderr
+    refused = reconcile()
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"refusing to deploy '{last}'; nothing was changed" in refused.stderr
+    assert f"create the secret 'alerts-target' for '{last}'" in refused.stderr
+    assert "Set ALERTS_TARGET" in refused.stderr, refused.stderr
+    pools = {pool["name"] for pool in api(f"{api_url}/work_pools/filter", {})}
+    assert f"{alerted.slug}-{alerted.environment}" in pools
+    assert f"{alerted.slug}-{last}" not in pools
+    automations = {a["name"] for a in api(f"{api_url}/automations/filter", {})}
+    assert not {name for name in automations if name.startswith(f"{alerted.slug}/{last}/")}

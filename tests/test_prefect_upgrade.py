@@ -5,15 +5,20 @@ template does not accept changes nothing."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.rendering import BIN, answers_of, git, repo_env
+from tests.rendering import BIN, answers_of, git, repo_env, run
 from tests.test_prefect_versions import HIGHEST, LOWEST
 from tests.test_update import copy_at, update
+
+# An integration release older than the newest that fits Prefect (>= the template's floor).
+OLD_DOCKER = ("prefect-docker", "0.7.0")
 
 
 def make(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -33,6 +38,21 @@ def make(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def changed(repo: Path) -> set[str]:
     status = git("status", "--porcelain", "--untracked-files=all", cwd=repo)
     return {line[3:] for line in status.splitlines()}
+
+
+def locked_prefect_packages(repo: Path) -> dict[str, str]:
+    """The version uv.lock holds of prefect and each prefect-* package."""
+    lock = tomllib.loads((repo / "uv.lock").read_text(encoding="utf-8"))
+    return {
+        package["name"]: package["version"]
+        for package in lock["package"]
+        if package["name"] == "prefect" or package["name"].startswith("prefect-")
+    }
+
+
+def uv_lock(repo: Path, *args: str) -> None:
+    env = repo_env(str(answers_of(repo)["python_version"]))
+    run([str(BIN / "uv"), "lock", "--quiet", *args], cwd=repo, env=env, timeout=300)
 
 
 def pins(repo: Path) -> dict[str, str]:
@@ -55,6 +75,11 @@ def test_one_change_moves_every_pin_and_a_template_update_keeps_it(
 ) -> None:
     answers = {"runtime": "kubernetes", "prefect_version": LOWEST, "environments": ["dev", "prod"]}
     repo = copy_at(tagged, "HEAD", tmp_path / "repo", answers)
+    # A lock a few integration releases behind, as a repository's lock is after a few months.
+    uv_lock(repo, "--upgrade-package", f"{OLD_DOCKER[0]}=={OLD_DOCKER[1]}")
+    assert locked_prefect_packages(repo)[OLD_DOCKER[0]] == OLD_DOCKER[1]
+    git("add", "uv.lock", cwd=repo)
+    git("commit", "-q", "-m", "Lock", cwd=repo)
     before = pins(repo)
     assert set(before.values()) == {LOWEST} and len(before) == 5, before
 
@@ -81,6 +106,15 @@ def test_one_change_moves_every_pin_and_a_template_update_keeps_it(
     }
     lock = (repo / "uv.lock").read_text(encoding="utf-8")
     assert f'name = "prefect"\nversion = "{HIGHEST}"' in lock
+    # The integrations moved too, to what uv resolves afresh for the new Prefect: the newest
+    # releases that fit it.
+    fresh = shutil.copytree(repo, tmp_path / "fresh", ignore=shutil.ignore_patterns(".git"))
+    (fresh / "uv.lock").unlink()
+    uv_lock(fresh)
+    upgraded_packages = locked_prefect_packages(repo)
+    assert {"prefect-docker", "prefect-kubernetes"} <= set(upgraded_packages)
+    assert upgraded_packages == locked_prefect_packages(fresh)
+    assert upgraded_packages[OLD_DOCKER[0]] != OLD_DOCKER[1], upgraded_packages
 
     git("add", "-A", cwd=repo)
     git("commit", "-q", "-m", f"Prefect {HIGHEST}", cwd=repo)

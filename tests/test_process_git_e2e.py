@@ -61,9 +61,13 @@ def worker_env(
         k: v for k, v in deploy_env.items() if k.startswith("PREFECT_") or k == "DO_NOT_TRACK"
     }
     python = {"UV_PYTHON": deploy_env["UV_PYTHON"]} if "UV_PYTHON" in deploy_env else {}
+    # The machine's CA bundle, as a worker host has its system's: uv reaches the package index
+    # through this machine's proxy when a lock must be checked against it.
+    certificates = {k: v for k, v in deploy_env.items() if k in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
     return {
         **server_env,
         **python,
+        **certificates,
         "PATH": f"{BIN}:/usr/bin:/bin",
         "HOME": str(home),
         "GIT_CONFIG_COUNT": "1",
@@ -75,11 +79,20 @@ def worker_env(
     }
 
 
-def start_run(server: Server, slug: str, environment: str, tmp_path: Path, env: dict) -> dict:
-    """One flow run of the deployment, by a worker started in an empty directory."""
+def start_run(
+    server: Server,
+    slug: str,
+    environment: str,
+    tmp_path: Path,
+    env: dict,
+    deployment_name: str | None = None,
+) -> dict:
+    """One flow run of the environment's deployment (or another on its pool), by a worker
+    started in an empty directory."""
     empty = tmp_path / "worker-dir"
     empty.mkdir(exist_ok=True)
-    deployment = api(f"{server.api_url}/deployments/name/{slug}/{environment}")
+    name = deployment_name or environment
+    deployment = api(f"{server.api_url}/deployments/name/{slug}/{name}")
     flow_run = api(f"{server.api_url}/deployments/{deployment['id']}/create_flow_run", {})
     worker = [str(BIN / "prefect"), "worker", "start", "--pool", f"{slug}-{environment}"]
     log = tmp_path / "worker.log"
@@ -94,14 +107,16 @@ def run_logs(server: Server, flow_run_id: str) -> str:
     return "\n".join(entry["message"] for entry in logs)
 
 
-def run_with_credential(deployed: Deployed, tmp_path: Path, token: str) -> tuple[dict, str, Path]:
+def run_with_credential(
+    deployed: Deployed, tmp_path: Path, token: str, deployment_name: str | None = None
+) -> tuple[dict, str, Path]:
     """One run by a worker holding TOKEN: the finished run, its logs, the database it loads."""
     repo, remote, server, deploy_env = deployed
     answers = answers_of(repo)
     slug, environment = answers["project_slug"], answers["environments"][0]
     database = tmp_path / "warehouse.db"
     env = worker_env(deploy_env, tmp_path / "home", remote, token, f"sqlite:///{database}")
-    finished = start_run(server, slug, environment, tmp_path, env)
+    finished = start_run(server, slug, environment, tmp_path, env, deployment_name)
     return finished, run_logs(server, finished["id"]), database
 
 
@@ -113,7 +128,7 @@ def test_a_worker_without_a_checkout_runs_the_deployed_commit_from_the_token_rem
     slug, environment = answers["project_slug"], answers["environments"][0]
     deployment = api(f"{server.api_url}/deployments/name/{slug}/{environment}")
     head = git("rev-parse", "HEAD", cwd=repo).strip()
-    [clone, _] = deployment["pull_steps"]
+    [clone, _, _] = deployment["pull_steps"]
     assert clone["prefect.deployments.steps.git_clone"] == {
         "id": "clone",
         "repository": remote.url,
@@ -145,3 +160,53 @@ def test_a_wrong_credential_fails_the_run_at_the_clone_and_is_never_printed(
     assert not database.exists(), "a run that could not clone must run no task"
     for text in (logs, finished["worker_log"], json.dumps(finished)):
         assert WRONG not in text and TOKEN not in text
+
+
+def test_a_commit_whose_lock_is_stale_fails_before_any_task_with_uv_s_reason(
+    deployed: Deployed, tmp_path: Path
+) -> None:
+    """A commit that adds a dependency and forgets `uv lock`: the last pull step's `uv sync
+    --locked` refuses it, and the run's state message (not only the worker's log) says why."""
+    repo, _, server, _ = deployed
+    answers = answers_of(repo)
+    slug, environment = answers["project_slug"], answers["environments"][0]
+    stale = tmp_path / "stale"
+    git("clone", "-q", str(repo), str(stale), cwd=tmp_path)
+    pyproject = stale / "pyproject.toml"
+    text = pyproject.read_text()
+    assert "dependencies = [\n" in text
+    pyproject.write_text(text.replace("dependencies = [\n", 'dependencies = [\n    "six",\n', 1))
+    git("commit", "-q", "-am", "Add a dependency, forget the lock", cwd=stale)
+    commit = git("rev-parse", "HEAD", cwd=stale).strip()
+    served = repo.parent / "served" / f"{repo.name}.git"  # the remote's own bare repository
+    git("push", "-q", str(served), "HEAD:refs/heads/stale-lock", cwd=stale)
+    # The environment's deployment, at that commit: as `make reconcile` at it would make it.
+    deployment = api(f"{server.api_url}/deployments/name/{slug}/{environment}")
+    pull_steps = json.loads(json.dumps(deployment["pull_steps"]))
+    pull_steps[0]["prefect.deployments.steps.git_clone"]["commit_sha"] = commit
+    api(
+        f"{server.api_url}/deployments/",
+        {
+            "name": f"{environment}-stale-lock",
+            "flow_id": deployment["flow_id"],
+            "work_pool_name": deployment["work_pool_name"],
+            "entrypoint": deployment["entrypoint"],
+            "pull_steps": pull_steps,
+            "job_variables": deployment["job_variables"],
+            "version": commit,
+        },
+    )
+    finished, logs, database = run_with_credential(
+        deployed, tmp_path, TOKEN, f"{environment}-stale-lock"
+    )
+    state = finished["state"]
+    assert state["type"] == "FAILED", (state, finished["worker_log"][-4000:])
+    reason = "The lockfile at `uv.lock` needs to be updated, but `--locked` was provided"
+    assert "environment could not be made" in state["message"], state
+    assert reason in state["message"], state
+    assert reason in logs, logs
+    tasks = api(
+        f"{server.api_url}/task_runs/filter", {"flow_runs": {"id": {"any_": [finished["id"]]}}}
+    )
+    assert tasks == [] and not database.exists(), "a run without its environment ran a task"
+    assert TOKEN not in state["message"] + logs

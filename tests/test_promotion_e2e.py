@@ -24,7 +24,7 @@ import yaml
 
 from bench.concurrency_bench import api
 from tests.e2e.server import Server, running_server, running_worker
-from tests.rendering import BIN, git, render, run, sync
+from tests.rendering import BIN, UNHEARD_ALERTS, git, render, run, sync
 
 # One pytest worker takes the whole module: its fixture (a server and two installed renders,
 # about a minute on 2 cores) is set up once, not once per worker with one of its tests.
@@ -77,7 +77,8 @@ def prepared(template: Path, destination: Path, server: Server, **answers: Any) 
     # uv.lock is written by the sync: commit it, as `make setup` asks, so the tree is clean.
     git("add", "-A", cwd=repo)
     git("commit", "-q", "-m", "lock", cwd=repo)
-    env = {**env, **server.env(), "PATH": f"{BIN}:{env['PATH']}"}
+    # prod requires an alerts target: the env backend reads it from ALERTS_TARGET.
+    env = {**env, **server.env(), "PATH": f"{BIN}:{env['PATH']}", **UNHEARD_ALERTS}
     return Repo(repo, env, answers["project_slug"], answers["project_slug"].replace("-", "_"))
 
 

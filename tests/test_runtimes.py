@@ -28,6 +28,7 @@ import pytest
 import yaml
 from prefect.cli.deploy._models import PrefectYamlModel
 from prefect.server.schemas.actions import WorkPoolCreate
+from prefect.utilities.importtools import import_object
 from prefect.workers.process import ProcessWorker
 from prefect_aws.workers.ecs_worker import ECSWorker
 from prefect_docker.worker import DockerWorker
@@ -211,12 +212,17 @@ def test_prefect_yaml_fits_prefects_model_and_its_steps_exist(
     steps = [step for section in ("build", "push", "pull") for step in project[section] or []]
     for step in steps:
         ((dotted, _kwargs),) = step.items()
+        if ".py:" in dotted:  # a file of the clone, loaded by its path as Prefect's run_step does
+            assert callable(import_object(str(repo / dotted))), dotted
+            continue
         module, _, function = dotted.rpartition(".")
         assert callable(getattr(importlib.import_module(module), function)), dotted
     names = [next(iter(step)) for step in steps]
     if runtime == "process":
         # No checkout on the worker: each run clones the deployed commit and enters the clone.
-        clone, enter = project["pull"]
+        # Then makes the commit's locked environment, failing the run with uv's reason.
+        clone, enter, environment = project["pull"]
+        assert environment == {"src/sales_etl/_internal/run_environment.py:make_environment": {}}
         assert clone["prefect.deployments.steps.git_clone"] == {
             "id": "clone",
             "repository": "{{ $DEPLOY_REPOSITORY }}",

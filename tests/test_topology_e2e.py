@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.server import Server, running_server, running_worker
-from tests.rendering import BIN, commit_lock, git, render, sync
+from tests.rendering import BIN, UNHEARD_ALERTS, commit_lock, git, render, sync
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("topology")]
 
@@ -97,7 +97,8 @@ class Repo:
 
     def env_of(self, env: str, **previous: str | None) -> dict[str, str]:
         """What env's CI job holds: its own API and credential, and the previous settings."""
-        result = {**self.base, **self.servers[env].env()}
+        # prod, the last environment, requires an alerts target (ops/preflight.py).
+        result = {**self.base, **self.servers[env].env(), **UNHEARD_ALERTS}
         if env in AUTH:
             result["PREFECT_API_AUTH_STRING"] = AUTH[env]
         for name, value in previous.items():

@@ -11,6 +11,11 @@ The kind follows the value unless `kind:` says it:
 - sendgrid (email): sendgrid://<api key>:<from address>/<to address>[,<to address>...]
 - webhook: any other http(s) URL, sent a JSON POST {"text", "subject", "body"}
 
+The last environment (production) requires a target unless its config/<env>.yaml says
+`alerts_required: false`, and any other may require one with `alerts_required: true`: a deploy
+of an environment that requires one and has none is refused before it changes anything
+(ops/preflight.py); elsewhere reconcile warns and the automations only record their firings.
+
 The value lives in the secret backend and in the block's secret fields on the server only: it
 is never printed, never put in an error message, a deployment or this repository.
 """
@@ -155,6 +160,24 @@ def read_value(state: DesiredState) -> tuple[str | None, str]:
             os.environ.pop(ENVIRONMENT_VAR, None)
         else:
             os.environ[ENVIRONMENT_VAR] = before
+
+
+def missing_required_target(state: DesiredState) -> str | None:
+    """Why a deploy of an environment that requires an alerts target (config/<env>.yaml's
+    alerts_required, by default the last environment) must be refused; None when it has its
+    target or does not require one."""
+    if not state.alerts_required:
+        return None
+    value, why = read_value(state)
+    if value is not None:
+        return None
+    env = state.environment
+    return (
+        f"the alerts of '{env}' have no target ({why}), and config/{env}.yaml requires one "
+        f"(alerts_required): create the secret '{secret_name(state)}' for '{env}' so failed, "
+        "late and crashed runs reach a person (README.md, 'Alerts'), or set "
+        f"alerts_required: false in config/{env}.yaml to deploy it unwatched"
+    )
 
 
 def desired_target(state: DesiredState) -> tuple[Target | None, str]:

@@ -13,6 +13,8 @@
   containerOverrides in plain text.
 - Azure Pipelines leaves `$(NAME)` as literal text when NAME is not defined: such a value is
   refused rather than deployed, stored as a secret or sent as an API key.
+- An environment that requires alerts (the last one unless config/<env>.yaml says otherwise)
+  must have its alerts target's secret: a production deploy nobody hears from is refused.
 - Free text (a description) must hold no placeholder: `prefect deploy` would fill it from
   the deploying machine's environment.
 """
@@ -31,6 +33,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, get_current_settings, temporary_settings
 
 from .._internal.config import ConfigError
+from .alerts import missing_required_target
 from .state import DesiredState
 from .unexpanded import unexpanded
 from .versions import dirty_files
@@ -268,6 +271,8 @@ def preflight(
     for name in API_VARIABLES:
         if problem := unexpanded(name, environ.get(name, "")):
             problems.append(problem)
+    if problem := missing_required_target(state):
+        problems.append(problem)
     if problems:
         raise ConfigError(
             f"refusing to deploy '{state.environment}'; nothing was changed:\n  "

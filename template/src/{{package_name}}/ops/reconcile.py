@@ -262,6 +262,9 @@ def plan_alerts_target(state: DesiredState) -> tuple[list[Change], Target | None
     """The environment's alerts target block, from its secret; a warning when it has none."""
     target, warning = desired_target(state)
     if target is None:
+        # A deploy is refused before this (ops/preflight.py); a plan says it would be.
+        if state.alerts_required:
+            warning += f" config/{state.environment}.yaml requires one: a deploy is refused."
         print(f"  warning: {warning}", file=sys.stderr)
         return [], None
     # The detail names the secret, never its value.

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from prefect.workers.base import BaseWorker
 
 from .._internal.config import ConfigError, environment_limits, limit_name, read_yaml
-from .flows import all_deployments
+from .flows import all_deployments, environment_order
 
 if TYPE_CHECKING:
     from prefect.flows import Flow
@@ -73,6 +73,9 @@ class DesiredState:
     result_storage: dict[str, Any] | None = None
     # config/orchestration.yaml's alerts: the secret and kind of the alerts target (ops/alerts.py).
     alerts: dict[str, Any] = field(default_factory=dict)
+    # config/<env>.yaml's alerts_required, by default whether it is the last environment: a
+    # deploy of it without an alerts target is refused (ops/preflight.py).
+    alerts_required: bool = False
 
     @property
     def project_tag(self) -> str:
@@ -162,6 +165,20 @@ def with_job_variables(spec: dict[str, Any], overrides: dict[str, Any]) -> dict[
     return {**spec, "work_pool": {**pool, "job_variables": variables}}
 
 
+def alerts_required(environment: str, settings: dict[str, Any], project: dict[str, Any]) -> bool:
+    """config/<env>.yaml's alerts_required; unset, whether ENVIRONMENT is the last one of
+    prefect.yaml's promotion order (production)."""
+    required = settings.get("alerts_required")
+    if required is None:
+        order = environment_order(project)
+        return bool(order) and order[-1] == environment
+    if not isinstance(required, bool):
+        raise ConfigError(
+            f"config/{environment}.yaml: alerts_required is {required!r}; write true or false."
+        )
+    return required
+
+
 def read_state(environment: str, root: Path) -> DesiredState:
     orchestration = read_yaml(root / "config" / "orchestration.yaml")
     project = read_yaml(root / "prefect.yaml")
@@ -182,6 +199,7 @@ def read_state(environment: str, root: Path) -> DesiredState:
     pool_type = orchestration.get("work_pool_type") or "process"
     template = base_job_template(orchestration, root)
     tag_limits, global_limits = environment_limits(environment, orchestration)
+    settings = read_yaml(root / "config" / f"{environment}.yaml")
     return DesiredState(
         environment=environment,
         project=project["name"],
@@ -196,6 +214,7 @@ def read_state(environment: str, root: Path) -> DesiredState:
         deployments=deployments,
         automations=read_automations(environment, project["name"], orchestration),
         project_file={k: v for k, v in project.items() if k != "deployments"},
-        result_storage=read_yaml(root / "config" / f"{environment}.yaml").get("result_storage"),
+        result_storage=settings.get("result_storage"),
         alerts=orchestration.get("alerts") or {},
+        alerts_required=alerts_required(environment, settings, project),
     )
