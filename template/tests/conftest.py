@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 from secret_fixtures import provide_secret
 
@@ -21,7 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_api() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=180):
+    # No flow-run heartbeats on the temporary API: they tell a real server a run's process is
+    # alive (config/orchestration.yaml's lost-heartbeat automation), and nothing watches for
+    # them here. Each flow run's end otherwise waits out the heartbeat thread's one-second
+    # sleep: about 1 s per flow run, 20 s or more of this suite.
+    with (
+        prefect_test_harness(server_startup_timeout=180),
+        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
         yield
 
 
