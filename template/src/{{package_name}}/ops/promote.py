@@ -9,7 +9,9 @@
   must have Completed there, labelled by its own code with this commit (the smoke runs CI
   makes after each deploy; _internal/provenance.py). Both are read from
   the Prefect API, which only a deploy writes, never from a variable. The image is the
-  previous environment's, by digest: nothing is built.
+  previous environment's, by digest: nothing is built. Where this environment's registry is
+  another one (copier's environment_registries), that digest is first copied into it
+  (ops/image.py promote(), ops/registry_copy.py).
 - `--to COMMIT` (make rollback) redeploys an earlier commit that completed a run of this
   project: its image by the digest that run's version records (nothing is built), or for the
   process runtime the commit itself, which the worker clones. No gate applies.
@@ -237,7 +239,12 @@ def choose_version(
             environments = [previous, state.environment]
             if problems := image.platform_problems(state.project_file, root, environments):
                 raise ConfigError(problems[-1])
-        return gate(client, state, previous, commit, root)
+        version = gate(client, state, previous, commit, root)
+        if builds_image(state):
+            from . import image  # container runtimes only
+
+            image.promote(state, root, previous, version)  # into this environment's registry
+        return version
     return head_version(state, root, commit)
 
 
