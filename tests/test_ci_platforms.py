@@ -539,6 +539,8 @@ def check_azure_pipelines(repo: Path, tools: Oracles, tmp_path: Path, rules: boo
         optional += list(PREVIOUS_API)
     if answers_of(repo)["runtime"] == "ecs":
         optional += ["ECS_PREFECT_API_KEY_SECRET_ARN", "ECS_PREFECT_API_AUTH_STRING_SECRET_ARN"]
+    if answers_of(repo).get("environment_registries"):
+        optional += REGISTRY_COPY_SETTINGS
     assert pipeline["variables"] == [{"name": name, "value": ""} for name in optional]
     stages = {stage["stage"]: stage for stage in pipeline["stages"]}
     environments = [*preprod, prod]
@@ -708,6 +710,42 @@ def test_every_topology_renders_valid_ci(
     the previous environment's settings to every deploy and rollback job."""
     repo = rendered(ci_platform=platform, api_topology=topology)
     check_platform(platform, repo, oracles, tmp_path, rules=True)
+
+
+# What a promotion across registries reads (ops/registry_copy.py): the previous environment's
+# registry, then the deploying one's.
+REGISTRY_COPY_SETTINGS = [
+    "SOURCE_REGISTRY_USERNAME",
+    "SOURCE_REGISTRY_PASSWORD",
+    "REGISTRY_USERNAME",
+    "REGISTRY_PASSWORD",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_per_environment_registries_render_valid_ci_with_both_logins(
+    platform: str, rendered: Callable[..., Path], oracles: Oracles, tmp_path: Path
+) -> None:
+    repo = rendered(
+        ci_platform=platform,
+        runtime="docker",
+        environment_registries={"prod": "127.0.0.1:5001/prod"},
+    )
+    check_platform(platform, repo, oracles, tmp_path)
+    text = "\n".join((repo / path).read_text(encoding="utf-8") for path in CI_FILES[platform])
+    for name in REGISTRY_COPY_SETTINGS:
+        # GitHub and Azure pass a secret to a step only where the file maps it; GitLab's and
+        # Bitbucket's reach every job, and their files name what to create.
+        mapped = {
+            "github-actions": f"{name}: ${{{{ secrets.{name} }}}}",
+            "azure-pipelines": f"{name}: $({name})",
+        }.get(platform, name)
+        assert mapped in text, (platform, name)
+    one = rendered(ci_platform=platform, runtime="docker")
+    assert "SOURCE_REGISTRY" not in "\n".join(
+        (one / path).read_text(encoding="utf-8") for path in CI_FILES[platform]
+    )
 
 
 @pytest.mark.slow

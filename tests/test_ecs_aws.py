@@ -202,6 +202,21 @@ def test_a_registry_other_than_ecr_gets_no_ecr_permissions(rendered: Callable[..
     assert resource.endswith(":secret:sales-etl/dev/*")
 
 
+def test_each_environment_s_ecr_repository_is_pullable(template: Path, tmp_path: Path) -> None:
+    """With prod's image in an ECR registry of its own (environment_registries), the one
+    execution policy all environments fill names both repositories."""
+    prod = ECR.replace("eu-west-1", "eu-central-1") + "/prod"
+    answers = {"runtime": "ecs", "image_registry": ECR, "environment_registries": {"prod": prod}}
+    repo = render(template, tmp_path / "sales-etl", answers)
+    execution = filled(repo / "deploy" / "iam" / "execution-policy.json")
+    account = ECR[:12]
+    assert statements(execution)["PullTheFlowImage"]["Resource"] == [
+        f"arn:aws:ecr:eu-west-1:{account}:repository/team/sales-etl",
+        f"arn:aws:ecr:eu-central-1:{account}:repository/team/prod/sales-etl",
+    ]
+    assert issues(execution) <= ECR_LOGIN
+
+
 def test_parliament_reports_a_broken_policy(rendered: Callable[..., Path]) -> None:
     """The check above can fail: a typo'd action, a wide resource, a malformed trust."""
     worker = filled(rendered() / "deploy" / "iam" / "worker-policy.json")

@@ -454,7 +454,7 @@ def test_deploy_logs_in_to_the_registry_before_it_pushes(
         check=True,
     )
     commands = dry.stdout.splitlines()
-    login = commands.index(f"uv run python -m sales_etl.ops.registry_login {IMAGE}")
+    login = commands.index(f"uv run python -m sales_etl.ops.registry_login {IMAGE} --env dev")
     reconcile = commands.index(
         "uv run python -m sales_etl.ops.promote --env dev --default-branch main"
     )
@@ -659,6 +659,75 @@ def test_invalid_image_answers_are_refused(
             str(template),
             tmp_path / "repo",
             data={"runtime": "docker", question: value},
+            defaults=True,
+            vcs_ref="HEAD",
+            quiet=True,
+            unsafe=True,
+        )
+
+
+PROD_REGISTRY = "127.0.0.1:5001/prod"
+
+
+@pytest.mark.parametrize("runtime", ["docker", "kubernetes", "ecs"])
+def test_an_environment_with_its_own_registry_names_it_and_ci_maps_the_copy_s_logins(
+    template: Path, tmp_path: Path, runtime: str
+) -> None:
+    answers = {
+        "runtime": runtime,
+        "environments": ["dev", "staging", "prod"],
+        "environment_registries": {"prod": PROD_REGISTRY},
+    }
+    repo = render(template, tmp_path / "repo", answers)
+    images = {
+        spec["name"]: spec["work_pool"]["job_variables"]["image"] for spec in deployments(repo)
+    }
+    tag = ":{{ $IMAGE_TAG }}"
+    default = QUESTIONS["image_registry"]["default"]
+    assert images == {
+        "dev": f"{default}/sales-etl{tag}",
+        "staging": f"{default}/sales-etl{tag}",
+        "prod": f"{PROD_REGISTRY}/sales-etl{tag}",
+    }
+    # Built in the first environment's registry only.
+    project = yaml.safe_load((repo / "prefect.yaml").read_text())
+    build = project["build"][0]["prefect_docker.deployments.steps.build_docker_image"]
+    assert build["image_name"] == f"{default}/sales-etl"
+    workflow = (repo / ".github" / "workflows" / "deploy.yml").read_text()
+    for name in ("SOURCE_REGISTRY_USERNAME", "SOURCE_REGISTRY_PASSWORD"):
+        assert f"{name}: ${{{{ secrets.{name} }}}}" in workflow
+    assert "#### Registries per environment" in (repo / "README.md").read_text()
+
+
+def test_one_registry_maps_no_source_login(template: Path, tmp_path: Path) -> None:
+    repo = render(template, tmp_path / "repo", {"runtime": "docker"})
+    assert "SOURCE_REGISTRY" not in (repo / ".github" / "workflows" / "deploy.yml").read_text()
+    assert "environment_registries" in (repo / "README.md").read_text()  # how to answer it
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ("[prod]", "environment_registries: '['prod']' is not a mapping."),
+        ("{qa: ghcr.io/acme}", "environment_registries: 'qa' is not one of the environments"),
+        (
+            "{prod: Acme}",
+            "environment_registries: prod's registry 'Acme' is not a registry reference.",
+        ),
+        (
+            "{prod: 'ghcr.io/acme:latest'}",
+            "environment_registries: prod's registry 'ghcr.io/acme:latest' is not a registry",
+        ),
+    ],
+)
+def test_invalid_environment_registries_are_refused(
+    template: Path, tmp_path: Path, value: str, error: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(error)):
+        copier.run_copy(
+            str(template),
+            tmp_path / "repo",
+            data={"runtime": "docker", "environment_registries": yaml.safe_load(value)},
             defaults=True,
             vcs_ref="HEAD",
             quiet=True,

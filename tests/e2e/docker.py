@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,16 @@ def unavailable() -> str | None:
     return None
 
 
+def require_docker() -> None:
+    """Skip the calling test when Docker cannot run here; under CI=true fail instead."""
+    import pytest
+
+    if reason := unavailable():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs the Docker end-to-end tests, but {reason}")
+        pytest.skip(reason)
+
+
 def wait_for_url(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -80,23 +91,53 @@ def background(command: list[str], ready_url: str, log: Path) -> Iterator[None]:
         stop(process)
 
 
+def bcrypt_hash(password: str) -> str:
+    """An htpasswd bcrypt hash (the only kind distribution's htpasswd auth accepts): glibc's
+    crypt through Python's crypt module (3.12 and older), else apache2-utils' htpasswd."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt
+
+        hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))
+        if hashed and hashed.startswith("$2"):
+            return hashed
+    except ImportError:
+        pass
+    if shutil.which("htpasswd") is None:
+        raise RuntimeError("no bcrypt here: install apache2-utils for htpasswd")
+    result = subprocess.run(
+        ["htpasswd", "-nbB", "user", password], capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip().split(":", 1)[1]
+
+
 @contextlib.contextmanager
-def running_registry(workdir: Path) -> Iterator[str]:
+def running_registry(workdir: Path, login: tuple[str, str] | None = None) -> Iterator[str]:
     """Debian's docker-registry on 127.0.0.1 (the daemon trusts loopback over plain HTTP),
-    storing under workdir; yields its host:port."""
+    storing under workdir; yields its host:port. With login (user, password) it requires that
+    credential (htpasswd auth, Basic over plain HTTP: loopback only)."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "registry.yml"
-    # Its packaged config wants htpasswd: this one has no auth and listens on loopback only.
+    auth = ""
+    if login is not None:
+        htpasswd = workdir / "htpasswd"
+        htpasswd.write_text(f"{login[0]}:{bcrypt_hash(login[1])}\n")
+        auth = f"auth:\n  htpasswd:\n    realm: e2e\n    path: {htpasswd}\n"
+    # Its packaged config wants htpasswd: this one has it only when asked and listens on
+    # loopback only.
     config.write_text(
         "version: 0.1\n"
         f"storage:\n  filesystem:\n    rootdirectory: {workdir / 'storage'}\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
-        "log:\n  level: warn\n"
+        "log:\n  level: warn\n" + auth
     )
     address = f"127.0.0.1:{port}"
     command = ["docker-registry", "serve", str(config)]
-    with background(command, f"http://{address}/v2/", workdir / "registry.log"):
+    # With auth /v2/ answers 401, which urlopen raises: wait on the port instead.
+    ready = f"http://{address}/v2/" if login is None else f"http://{address}/"
+    with background(command, ready, workdir / "registry.log"):
         yield address
 
 

@@ -11,7 +11,9 @@
   the previous environment's Prefect API, which only its deploy and its workers write, never
   from a variable: the deploying job's own API when environments share one, else the previous
   environment's, with read credentials (ops/topology.py). The image is the previous
-  environment's, by digest: nothing is built.
+  environment's, by digest: nothing is built. Where this environment's registry is another
+  one (copier's environment_registries), that digest is first copied into it (ops/image.py
+  promote(), ops/registry_copy.py).
 - `--to COMMIT` (make rollback) redeploys an earlier commit that completed a run of this
   project (on this environment's API, however long ago): its image by the digest that run's
   version records (nothing is built), or for the process runtime the commit itself, which the
@@ -274,7 +276,12 @@ def choose_version(
             if problems := image.platform_problems(state.project_file, root, environments):
                 raise ConfigError(problems[-1])
         with evidence_client(client, previous) as reader:
-            return gate(reader, state, previous, commit, root)
+            version = gate(reader, state, previous, commit, root)
+        if builds_image(state):
+            from . import image  # container runtimes only
+
+            image.promote(state, root, previous, version)  # into this environment's registry
+        return version
     return head_version(state, root, commit)
 
 

@@ -1,0 +1,223 @@
+"""Promotion across registries for real: a docker-runtime render whose dev images live in one
+local registry and prod's in another (`environment_registries`), the second with htpasswd auth.
+
+`make deploy ENV=dev` builds and pushes the image once into dev's registry (a real Docker
+engine, tests/e2e/docker_host.sh); dev's smoke run is recorded through the API (a run marked
+Completed and labelled with the commit, as its code labels it: no Docker worker runs it here,
+tests/test_docker_e2e.py does that). `make deploy ENV=prod` is refused, with nothing copied
+and nothing deployed, while prod's registry credential is missing or wrong, the message naming
+the setting and never the value; with it, the manifest is copied by digest (ops/registry_copy.py)
+and prod deploys that digest from its own registry: nothing rebuilt, the digest dev's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bench.concurrency_bench import api
+from tests.e2e import docker
+from tests.e2e.server import Server, running_server
+from tests.rendering import BIN, answers_of, commit_lock, git, render, sync
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("registries")]
+# The setup's render beside the server's start, and the two refused deploys side by side.
+background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="registries-e2e")
+
+PROD_LOGIN = ("prod-pusher", "prod-e2e-password")
+WRONG_PASSWORD = "not-the-prod-e2e-password"
+MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+@dataclass
+class Stack:
+    server: Server
+    dev_registry: str
+    prod_registry: str
+    repo: Path
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def stack(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    docker.require_docker()
+    work = tmp_path_factory.mktemp("registries")
+    with contextlib.ExitStack() as services:
+        dev_registry = services.enter_context(docker.running_registry(work / "dev-registry"))
+        prod_registry = services.enter_context(
+            docker.running_registry(work / "prod-registry", login=PROD_LOGIN)
+        )
+        # The answers of test_docker_e2e's env render but the registries: the same uv.lock, so
+        # the daemon's build cache of its dependency layer serves both.
+        answers = {
+            "runtime": "docker",
+            "python_version": docker.PYTHON_VERSION,
+            "environments": ["dev", "prod"],
+            "image_registry": f"{dev_registry}/pipelines",
+            "environment_registries": {"prod": f"{prod_registry}/prod"},
+        }
+        # Rendered and synced while the server starts (10 s of it on 2 cores).
+        prepared = background.submit(prepare, template, work / "repo", answers)
+        server = services.enter_context(
+            running_server(BIN / "prefect", work / "home", work / "server.log", os.environ)
+        )
+        repo, env = prepared.result(timeout=600)
+        secrets = work / "secrets"
+        secrets.mkdir()
+        env = {
+            **env,
+            **server.env(),
+            "PATH": f"{BIN}:{env['PATH']}",
+            "DOCKER_CONFIG": str(work / "docker-config"),
+            "PIPELINE_SECRETS_DIR": str(secrets),
+        }
+        for name in (
+            "REGISTRY_USERNAME",
+            "REGISTRY_PASSWORD",
+            "SOURCE_REGISTRY_USERNAME",
+            "SOURCE_REGISTRY_PASSWORD",
+        ):
+            env.pop(name, None)
+        yield Stack(server, dev_registry, prod_registry, repo, env)
+
+
+def prepare(template: Path, destination: Path, answers: dict[str, Any]) -> tuple[Path, dict]:
+    repo = render(template, destination, answers)
+    env = sync(repo)
+    commit_lock(repo)
+    return repo, env
+
+
+def make(stack: Stack, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", *args],
+        cwd=stack.repo,
+        env={**stack.env, **extra},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def served_digest(registry: str, name: str, tag: str, login: tuple[str, str] | None = None) -> str:
+    """The digest registry serves for name:tag, '' when it has none."""
+    response = httpx.head(
+        f"http://{registry}/v2/{name}/manifests/{tag}",
+        headers={"Accept": f"{MANIFEST_V2}, {OCI_MANIFEST}"},
+        auth=login,
+        timeout=10,
+    )
+    return response.headers.get("Docker-Content-Digest", "") if response.status_code == 200 else ""
+
+
+def catalog(registry: str, login: tuple[str, str] | None = None) -> list[str]:
+    response = httpx.get(f"http://{registry}/v2/_catalog", auth=login, timeout=10)
+    response.raise_for_status()
+    return list(response.json()["repositories"] or [])
+
+
+def record_smoke_run(server: Server, deployment_id: str, commit: str) -> None:
+    """What `make smoke ENV=dev` leaves on the server: a Completed run labelled by its code."""
+    flow_run = api(f"{server.api_url}/deployments/{deployment_id}/create_flow_run", {})
+    for state in ("RUNNING", "COMPLETED"):
+        api(
+            f"{server.api_url}/flow_runs/{flow_run['id']}/set_state",
+            {"state": {"type": state}, "force": True},
+        )
+    # A 503 is retried, as api() does: the fresh server's services hold SQLite's write lock.
+    for _ in range(10):
+        response = httpx.patch(
+            f"{server.api_url}/flow_runs/{flow_run['id']}/labels",
+            json={"pipeline.commit": commit},
+            timeout=30,
+        )
+        if response.status_code != 503:
+            break
+        time.sleep(1)
+    response.raise_for_status()
+
+
+def no_prod_deployment(server: Server, slug: str) -> bool:
+    try:
+        api(f"{server.api_url}/deployments/name/{slug}/prod")
+    except urllib.error.HTTPError as error:
+        return error.code == 404
+    return False
+
+
+def test_prod_gets_dev_s_digest_copied_into_its_own_registry(stack: Stack) -> None:
+    started = time.monotonic()
+    slug = answers_of(stack.repo)["project_slug"]
+    commit = git("rev-parse", "HEAD", cwd=stack.repo).strip()
+    tag = commit[:12]
+    dev_image, prod_image = f"pipelines/{slug}", f"prod/{slug}"
+
+    deployed = make(stack, "deploy", "ENV=dev")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert deployed.stdout.count("Building ") == 1, deployed.stdout
+    digest = served_digest(stack.dev_registry, dev_image, tag)
+    assert digest, f"dev's registry has no {dev_image}:{tag}"
+    dev = api(f"{stack.server.api_url}/deployments/name/{slug}/dev")
+    assert dev["job_variables"]["image"] == f"{stack.dev_registry}/{dev_image}:{tag}@{digest}"
+    record_smoke_run(stack.server, dev["id"], commit)
+    built = time.monotonic()
+
+    # Refused before anything moves: no credential for prod's registry, and a wrong one (at
+    # once, each with its own Docker client config, where `make registry-login` writes).
+    cases = [
+        (
+            {"DOCKER_CONFIG": str(stack.repo.parent / "no-login")},
+            "REGISTRY_USERNAME and REGISTRY_PASSWORD are not set",
+        ),
+        (
+            {"REGISTRY_USERNAME": PROD_LOGIN[0], "REGISTRY_PASSWORD": WRONG_PASSWORD},
+            "REGISTRY_USERNAME and REGISTRY_PASSWORD do not give it",
+        ),
+    ]
+    attempts = [background.submit(make, stack, "deploy", "ENV=prod", **extra) for extra, _ in cases]
+    for attempt, (_, said) in zip(attempts, cases, strict=True):
+        refused = attempt.result(timeout=600)
+        output = refused.stdout + refused.stderr
+        assert refused.returncode != 0, output
+        assert f"{stack.prod_registry} refused write access to {prod_image} (HTTP 401)" in output
+        assert said in output, output
+        assert WRONG_PASSWORD not in output and PROD_LOGIN[1] not in output
+        assert "Traceback" not in output, output
+        assert catalog(stack.prod_registry, PROD_LOGIN) == []
+        assert no_prod_deployment(stack.server, slug)
+
+    login = {"REGISTRY_USERNAME": PROD_LOGIN[0], "REGISTRY_PASSWORD": PROD_LOGIN[1]}
+    promoted = make(stack, "deploy", "ENV=prod", **login)
+    output = promoted.stdout + promoted.stderr
+    assert promoted.returncode == 0, output
+    assert "Building " not in output, output  # nothing rebuilt
+    assert PROD_LOGIN[1] not in output
+    assert f"serves {digest} (" in output, output
+    assert served_digest(stack.prod_registry, prod_image, tag, PROD_LOGIN) == digest
+    # The same bytes, read back by digest from prod's registry.
+    assert served_digest(stack.prod_registry, prod_image, digest, PROD_LOGIN) == digest
+    for flow in (slug, f"{slug}-publish"):
+        prod = api(f"{stack.server.api_url}/deployments/name/{flow}/prod")
+        image = prod["job_variables"]["image"]
+        assert image == f"{stack.prod_registry}/{prod_image}:{tag}@{digest}", flow
+        assert prod["version"] == f"{commit}@{digest}"
+    # prod's registry was never pushed to by the Docker engine: no local image names it.
+    assert not docker.image_id(f"{stack.prod_registry}/{prod_image}:{tag}")
+    print(
+        f"\ndev deploy (build, push) {built - started:.0f} s, "
+        f"prod refusals and copy {time.monotonic() - built:.0f} s"
+    )
