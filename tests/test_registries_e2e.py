@@ -30,7 +30,7 @@ import pytest
 from bench.concurrency_bench import api
 from tests.e2e import docker
 from tests.e2e.server import Server, running_server
-from tests.rendering import BIN, answers_of, commit_lock, git, render, sync
+from tests.rendering import BIN, UNHEARD_ALERTS, answers_of, commit_lock, git, render, sync
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("registries")]
 # The setup's render beside the server's start, and the two refused deploys side by side.
@@ -83,6 +83,7 @@ def stack(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             "PATH": f"{BIN}:{env['PATH']}",
             "DOCKER_CONFIG": str(work / "docker-config"),
             "PIPELINE_SECRETS_DIR": str(secrets),
+            **UNHEARD_ALERTS,  # prod, the last environment, requires an alerts target
         }
         for name in (
             "REGISTRY_USERNAME",
