@@ -28,9 +28,9 @@ from typing import Any
 from tests.e2e import docker
 from tests.e2e.demo import api, wait_for_final_state
 from tests.e2e.server import running_server, running_worker
-from tests.rendering import commit_lock, git, render, run, snapshot_template, sync
+from tests.rendering import QUESTIONS, commit_lock, git, render, run, snapshot_template, sync
 
-PREFECT_VERSION = "3.9.1"
+PREFECT_VERSION = QUESTIONS["prefect_version"]["default"]
 BUDGET = 1.3
 
 BARE_FLOW = """from prefect import flow

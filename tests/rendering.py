@@ -19,6 +19,8 @@ from typing import Any
 import copier
 import yaml
 
+from scripts import follow_prefect
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 GIT_IDENTITY = {
@@ -30,6 +32,8 @@ GIT_IDENTITY = {
 # copier.yml's questions: tests derive the choices they cover from it, so a new choice is
 # covered (or fails a coverage test) without editing them.
 QUESTIONS = yaml.safe_load((ROOT / "copier.yml").read_text(encoding="utf-8"))
+# The Prefect releases copier.yml accepts, as includes/validators.jinja states them.
+PREFECT_LOWEST, PREFECT_HIGHEST = (follow_prefect.shown(v) for v in follow_prefect.accepted_range())
 # What `prefect deploy` substitutes in prefect.yaml from the deploying environment: `{{ $NAME }}`.
 DEPLOY_ENV_PLACEHOLDER = re.compile(r"\{\{ \$([A-Z_]+) \}\}")
 # An alerts target for a deploy of an environment that requires one (the last, by default:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.rendering import answers_of, render
+from tests.rendering import PREFECT_HIGHEST, PREFECT_LOWEST, answers_of, render
 
 # Templating that belongs to the generated files themselves: Prefect's deploy-time `{{ $VAR }}`,
 # `{{ prefect.* }}` and step outputs `{{ step-id.field }}`, its trigger templates `{{ event.* }}`,
@@ -161,8 +161,11 @@ CONTROL = "has a line break or another control character. Write one line of plai
 EMAIL = "is not an email address. Use name@domain.tld, without spaces, quotes or line breaks."
 PREFECT = (
     "is not a release this template is tested with. "
-    "Use an exact version from 3.9.0 to 3.9.1 (e.g. '3.9.1')."
+    f"Use an exact version from {PREFECT_LOWEST} to {PREFECT_HIGHEST} (e.g. '{PREFECT_HIGHEST}')."
 )
+# The release after the range's top, whatever the top is today (3.8.8 stays below it).
+_TOP = PREFECT_HIGHEST.split(".")
+ABOVE = ".".join([*_TOP[:2], str(int(_TOP[2]) + 1)])
 NEVER = (
     "never fires: none of its months has a day {} (February has 29 days at most; April, June, "
     "September and November 30). Choose days that exist in those months."
@@ -342,7 +345,16 @@ REFUSED: list[tuple[dict[str, object], str, str]] = [
     # Prefect releases outside the tested range.
     *(
         ({"prefect_version": version}, "prefect_version", f"prefect_version: '{version}' {PREFECT}")
-        for version in ("2.20.0", "3.0.0", "3.8.8", "3.9.2", "4.0.0", "3.9", "3.9.1rc1", "03.9.1")
+        for version in (
+            "2.20.0",
+            "3.0.0",
+            "3.8.8",
+            ABOVE,
+            "4.0.0",
+            "3.9",
+            f"{PREFECT_HIGHEST}rc1",
+            "03.9.1",
+        )
     ),
     # Environments: not a list, empty, malformed items, YAML words, reserved and repeated names.
     ({"environments": "dev"}, "environments", f"environments: 'dev' {NOT_A_LIST}"),

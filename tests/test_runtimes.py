@@ -515,7 +515,8 @@ def test_helm_values_pass_the_chart_schema_and_poll_their_pool(
         assert values["worker"]["selfHostedServerApiConfig"]["apiUrl"].startswith("http")
         assert "apiUrl" not in load_yaml(path)["worker"]["selfHostedServerApiConfig"]
         assert values["worker"]["config"] == {"workPool": f"sales-etl-{env}", "type": "kubernetes"}
-        assert values["worker"]["image"]["prefectTag"] == "3.9.1-python3.12-kubernetes"
+        default = QUESTIONS["prefect_version"]["default"]
+        assert values["worker"]["image"]["prefectTag"] == f"{default}-python3.12-kubernetes"
         # Basic auth comes from an existing secret, never from a value in the file.
         basic_auth = values["worker"]["selfHostedServerApiConfig"]["basicAuth"]
         assert basic_auth == {"enabled": False, "existingSecret": "sales-etl-prefect-auth"}
