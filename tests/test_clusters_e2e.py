@@ -32,11 +32,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("clusters")]
 
 STRESS = Path(__file__).parent / "e2e" / "fanout_stress.py"
 # Flow runs per cluster in the stress. Each cycles map_bounded's bounded wait 3 times and waits
-# for 8 results, at 10-30 s a run on the shared 2-core machine (4 placements in all): 50 would
-# cost many minutes of the suite. The waits no longer depend on a callback, which is what could
-# be lost; the suite checks they hold on every runner and placement, and STRESS_RUNS=50 runs
-# the figure.
-STRESS_RUNS = int(os.environ.get("STRESS_RUNS") or 3)
+# for 8 results, at 3-6 s a run on a quiet 2-core machine (10-30 s while other tests load it),
+# on 4 placements (2 runners, external and local): 10 each is 40 runs in the suite, about two
+# minutes; STRESS_RUNS=50 runs the figure (25 min here, README.md "Tests").
+STRESS_RUNS = int(os.environ.get("STRESS_RUNS") or 10)
 
 
 @pytest.fixture(scope="module")
