@@ -45,6 +45,7 @@ bench: $(STAMP) ## Run the benchmarks in bench/ and print their ratios (issue 26
 	  $(BIN)/python -m bench.foundation_bench || rc=1; \
 	  $(BIN)/python -m bench.render_bench --processes --copies 5 || rc=1; \
 	  exit $$rc
+	@$(BIN)/python -m bench.ci_job_bench
 	@$(BIN)/python -m bench.concurrency_bench
 	@$(BIN)/python -m bench.fleet_bench
 	@$(BIN)/python -m bench.cluster_bench

