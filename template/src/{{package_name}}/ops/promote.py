@@ -18,9 +18,10 @@
   completed a run of (however long ago; on a shared API a run in another environment does
   not count): its image by the digest that run's version records, which this environment's
   registry received when it was promoted (nothing is built or copied), or for the process
-  runtime the commit itself, which the worker clones. It deploys that commit's own prefect.yaml, config/ and flows.yaml, from a
-  checkout of it (rollback_tree): HEAD's could name parameters, entrypoints or job variables
-  the old image does not have. No gate applies.
+  runtime the commit itself, which the worker clones. It deploys that commit's own
+  prefect.yaml, config/ and flows.yaml, from a checkout of it (rollback_tree): HEAD's could
+  name parameters, entrypoints or job variables the old image does not have. No gate
+  applies.
 
 Each deployment's version is `<commit>[@<digest>]` (ops/versions.py). Then the environment is
 reconciled as `ops reconcile` does it, with its preflight.
