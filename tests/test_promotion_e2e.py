@@ -234,6 +234,13 @@ def test_rollback_redeploys_the_earlier_digest(setup: Setup) -> None:
         versions.append((commit, digest))
 
     (old_commit, old_digest), _ = versions
+    # One API for both environments: dev's Completed run of the old commit is no reason for
+    # prod to roll back to it. prod never ran it, and a rollback copies no image into prod's
+    # registry (environment_registries): refused, nothing deployed.
+    output = refused(repo, "rollback", "ENV=prod", f"TO={old_commit[:12]}")
+    assert f"at commit {old_commit[:12]}" in output and "'prod' never ran it" in output, output
+    prod = {"deployments": {"name": {"any_": ["prod"]}}, "flows": {"name": {"any_": [repo.slug]}}}
+    assert api(f"{server.api_url}/deployments/filter", prod) == []
     started = time.monotonic()
     output = repo.make("rollback", "ENV=dev", f"TO={old_commit[:12]}").stdout
     print(f"\nrollback took {time.monotonic() - started:.1f} s")

@@ -11,82 +11,33 @@ commit off the default branch. Rollback deploys an older commit with its own pre
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
-import os
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.server import Server, running_server, running_worker
+from tests.e2e.server import Server, running_worker
+from tests.e2e.three_apis import (
+    AUTH,
+    ENVIRONMENTS,
+    WRONG,
+    complete_a_run,
+    previous_of,
+    read_deployment,
+    request,
+    three_servers,
+)
 from tests.rendering import BIN, UNHEARD_ALERTS, commit_lock, git, render, sync
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("topology")]
 
-ENVIRONMENTS = ["dev", "staging", "prod"]
 SLUG = "topo-etl"
-# Made up and built by parts: no credential-looking literal in the repository.
-AUTH = {env: f"ops-{env}" + ":" + "not-a-real-" + env for env in ("staging", "prod")}
-WRONG = "ops" + ":" + "wrong-" + "guess"
 OLD_DESCRIPTION = "Topology test pipeline."
 NEW_DESCRIPTION = "Topology test pipeline, changed later."
-
-
-def request(server: Server, path: str, auth: str | None, body: Any = None) -> Any:
-    """The server's JSON API, with its basic auth when it has one (what Prefect's client sends)."""
-    headers = {"Content-Type": "application/json"}
-    if auth:
-        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
-    data = json.dumps(body).encode() if body is not None else None
-    method = "POST" if body is not None else "GET"
-    # The local server under test: http on 127.0.0.1 only.
-    req = urllib.request.Request(f"{server.api_url}{path}", data, headers, method=method)
-    for attempt in range(1, 6):
-        try:
-            with urllib.request.urlopen(req, timeout=30) as response:
-                return json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as error:
-            # A 503 while the server's own services hold SQLite's write lock: try again.
-            if error.code != 503 or attempt == 5:
-                raise
-            time.sleep(attempt)
-    raise AssertionError("unreachable")
-
-
-@contextlib.contextmanager
-def three_servers(work: Path) -> Iterator[dict[str, Server]]:
-    """dev, staging and prod started side by side (each takes ~10 s to be healthy on 2 cores),
-    every one stopped on the way out, even when another failed to start."""
-    managers = {
-        env: running_server(
-            BIN / "prefect",
-            work / env / "home",
-            work / f"server-{env}.log",
-            os.environ,
-            auth_string=AUTH.get(env),
-        )
-        for env in ENVIRONMENTS
-    }
-    with contextlib.ExitStack() as stack, ThreadPoolExecutor(len(managers)) as pool:
-        futures = {env: pool.submit(manager.__enter__) for env, manager in managers.items()}
-        servers, errors = {}, []
-        for env, future in futures.items():
-            try:
-                servers[env] = future.result(timeout=180)
-            except Exception as error:  # reported below, once every started one will stop
-                errors.append(f"{env}: {error!r}")
-            else:
-                stack.push(managers[env].__exit__)
-        assert not errors, f"servers that did not start: {errors}"
-        yield servers
 
 
 class Repo:
@@ -107,7 +58,7 @@ class Repo:
         return result
 
     def previous_of(self, env: str) -> dict[str, str | None]:
-        before = ENVIRONMENTS[ENVIRONMENTS.index(env) - 1]
+        before = previous_of(env)
         return {"url": self.servers[before].api_url, "auth_string": AUTH.get(before)}
 
     def make(
@@ -141,12 +92,7 @@ class Repo:
         return output
 
     def deployment(self, env: str, flow: str = SLUG) -> dict[str, Any] | None:
-        try:
-            return request(self.servers[env], f"/deployments/name/{flow}/{env}", AUTH.get(env))
-        except urllib.error.HTTPError as error:
-            if error.code == 404:
-                return None
-            raise
+        return read_deployment(self.servers, env, f"{flow}/{env}")
 
     def deployments(self, env: str) -> list[dict[str, Any]]:
         return request(self.servers[env], "/deployments/filter", AUTH.get(env), {})
@@ -166,14 +112,6 @@ class Repo:
         with self.worker(env, tmp_path):
             output = self.ok(env, "smoke", f"ENV={env}", "SMOKE_PARAMETERS={}")
         assert f"of {SLUG}/{env} (version " in output and "Completed." in output, output
-
-
-def complete_a_run(server: Server, deployment_id: str, name: str) -> None:
-    """A Completed run of the deployment at its version, recorded through the API."""
-    run = request(server, f"/deployments/{deployment_id}/create_flow_run", None, {"name": name})
-    for state in ("RUNNING", "COMPLETED"):
-        body = {"state": {"type": state}, "force": True}
-        request(server, f"/flow_runs/{run['id']}/set_state", None, body)
 
 
 def timed(label: str, started: float) -> None:
@@ -258,7 +196,7 @@ def test_promotion_reads_each_previous_environment_from_its_own_api(
         # A run of the newer commit recorded after the older one's: the rollback looks past it.
         # (Paging past 200 runs is the generated tests/test_topology.py's, with a page of two:
         # 201 runs through the API took 222 s here.) Named smoke-*: it triggers no publish run.
-        complete_a_run(servers["dev"], deployment["id"], "smoke-newer")
+        complete_a_run(servers, "dev", deployment["id"], "smoke-newer")
 
         started = time.monotonic()
         output = repo.ok("dev", "rollback", "ENV=dev", f"TO={head[:12]}")

@@ -14,12 +14,14 @@
   environment's, by digest: nothing is built. Where this environment's registry is another
   one (copier's environment_registries), that digest is first copied into it (ops/image.py
   promote(), ops/registry_copy.py).
-- `--to COMMIT` (make rollback) redeploys an earlier commit that completed a run of this
-  project (on this environment's API, however long ago): its image by the digest that run's
-  version records (nothing is built), or for the process runtime the commit itself, which the
-  worker clones. It deploys that commit's own prefect.yaml, config/ and flows.yaml, from a
-  checkout of it (rollback_tree): HEAD's could name parameters, entrypoints or job variables
-  the old image does not have. No gate applies.
+- `--to COMMIT` (make rollback) redeploys an earlier commit that this environment itself
+  completed a run of (however long ago; on a shared API a run in another environment does
+  not count): its image by the digest that run's version records, which this environment's
+  registry received when it was promoted (nothing is built or copied), or for the process
+  runtime the commit itself, which the worker clones. It deploys that commit's own
+  prefect.yaml, config/ and flows.yaml, from a checkout of it (rollback_tree): HEAD's could
+  name parameters, entrypoints or job variables the old image does not have. No gate
+  applies.
 
 Each deployment's version is `<commit>[@<digest>]` (ops/versions.py). Then the environment is
 reconciled as `ops reconcile` does it, with its preflight.
@@ -198,13 +200,17 @@ def gate(
 def rollback_version(
     client: SyncPrefectClient, state: DesiredState, commit: str, *, page: int = RUNS_SEARCHED
 ) -> Version:
-    """The newest version of commit that completed a run of this project on this API (any
-    environment it holds), however old: Completed runs are read a page at a time, the newest
-    first, until one ran commit or none is left. Prefect 3.9 filters flow runs by neither
-    deployment version nor label, so the search is by offset, bounded by the count of
-    Completed runs when it starts (runs completing meanwhile only shift pages: older ones are
-    read twice, never skipped)."""
-    runs_filter = only_completed(FlowRunFilter(tags=FlowRunFilterTags(all_=[state.project_tag])))
+    """The newest version of commit that completed a run of this project's deployments in
+    state's environment (the runs carry their deployment's tags), however old. Only this
+    environment's runs count, also when environments share one API: a commit only an earlier
+    environment ran never passed this one's gate, and its image may not be in this
+    environment's registry (nothing is copied on a rollback). Completed runs are read a page
+    at a time, the newest first, until one ran commit or none is left. Prefect 3.9 filters
+    flow runs by neither deployment version nor label, so the search is by offset, bounded by
+    the count of Completed runs when it starts (runs completing meanwhile only shift pages:
+    older ones are read twice, never skipped)."""
+    tags = FlowRunFilterTags(all_=[state.project_tag, state.environment_tag])
+    runs_filter = only_completed(FlowRunFilter(tags=tags))
     total = client.count_flow_runs(flow_run_filter=runs_filter)
     offset = 0
     while offset <= total:
@@ -217,8 +223,9 @@ def rollback_version(
             break
         offset += page
     raise ConfigError(
-        f"no Completed run of {state.project} at commit {commit[:12]} among its {total} "
-        "Completed runs on this API: there is no version of it known to have worked."
+        f"no Completed run of {state.project} in '{state.environment}' at commit "
+        f"{commit[:12]} among its {total} Completed runs there: '{state.environment}' never "
+        "ran it, so there is no version of it known to have worked here; nothing was deployed."
     )
 
 
@@ -267,22 +274,28 @@ def choose_version(
         return version
     commit = resolve_commit(root)
     previous = previous_environment(state.environment, root)
-    if previous is not None:
-        check_on_default_branch(root, commit, default_branch)
-        if builds_image(state):
-            from . import image  # container runtimes only
+    if previous is None:
+        return head_version(state, root, commit)
+    check_on_default_branch(root, commit, default_branch)
+    if not builds_image(state):
+        return previous_version(client, state, root, previous, commit)
+    from . import image  # container runtimes only
 
-            environments = [previous, state.environment]
-            if problems := image.platform_problems(state.project_file, root, environments):
-                raise ConfigError(problems[-1])
-        with evidence_client(client, previous) as reader:
-            version = gate(reader, state, previous, commit, root)
-        if builds_image(state):
-            from . import image  # container runtimes only
+    environments = [previous, state.environment]
+    if problems := image.platform_problems(state.project_file, root, environments):
+        raise ConfigError(problems[-1])
+    version = previous_version(client, state, root, previous, commit)
+    image.promote(state, root, previous, version)  # into this environment's registry
+    return version
 
-            image.promote(state, root, previous, version)  # into this environment's registry
-        return version
-    return head_version(state, root, commit)
+
+def previous_version(
+    client: SyncPrefectClient, state: DesiredState, root: Path, previous: str, commit: str
+) -> Version:
+    """The gate's version of commit, read from wherever the previous environment's evidence
+    lives (ops/topology.py)."""
+    with evidence_client(client, previous) as reader:
+        return gate(reader, state, previous, commit, root)
 
 
 def head_version(state: DesiredState, root: Path, commit: str, *, build: bool = True) -> Version:

@@ -12,13 +12,12 @@ from typing import TYPE_CHECKING, Any
 from prefect.workers.base import BaseWorker
 
 from .._internal.config import ConfigError, environment_limits, limit_name, read_yaml
-from .flows import all_deployments, environment_order
+from .flows import ENV_TAG_PREFIX, all_deployments, environment_order
 
 if TYPE_CHECKING:
     from prefect.flows import Flow
 
 PROJECT_TAG_PREFIX = "project:"
-ENV_TAG_PREFIX = "env:"
 
 
 @dataclass(frozen=True)

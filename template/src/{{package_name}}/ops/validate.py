@@ -19,6 +19,7 @@ from .._internal.config import ConfigError, environment_limits, environment_name
 from .alerts import BLOCKS
 from .automations import LOCAL_KEYS, SCOPES
 from .flow_checks import check_entrypoint, flow_problems
+from .flows import environment_order
 from .prefect_private import DeploymentConfig, PrefectYamlModel, WorkPoolConfig
 from .state import TEAM_JOB_VARIABLES, base_job_template, team_job_variables
 
@@ -121,10 +122,9 @@ def validate(root: Path) -> list[str]:
     problems += check_alerts(orchestration)
     template = base_job_template(orchestration, root)
     variables = set(template["variables"]["properties"])
-    deployed_envs = set()
+    deployed_envs = set(environment_order(project))
     for spec in project.get("deployments") or []:
         problems += check_deployment(spec, variables)
-        deployed_envs |= {t[4:] for t in spec.get("tags") or [] if t.startswith("env:")}
     try:
         team = team_job_variables(root)
     except ConfigError as error:
