@@ -219,6 +219,63 @@ def test_a_commit_whose_lock_is_stale_fails_before_any_task_with_uv_s_reason(
     assert TOKEN not in state["message"] + logs
 
 
+def readme_from_source(repo: Path) -> str:
+    """The README's from_source code block, as a team would copy it."""
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    after = readme.split("#### The same deployment from Python", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_s_from_source_route_deploys_what_reconcile_makes(
+    deployed: Deployed, tmp_path: Path
+) -> None:
+    repo, remote, server, deploy_env = deployed
+    slug = answers_of(repo)["project_slug"]
+    made = api(f"{server.api_url}/deployments/name/{slug}/dev")  # the fixture's make reconcile
+    commit = git("rev-parse", "HEAD", cwd=repo).strip()
+    assert made["version"] == commit
+    script = readme_from_source(repo).replace("<commit>", commit)
+    script = script.replace("<repository URL>", remote.url)
+    # from_source clones to load the flow: the deploying machine holds the read-only credential.
+    worker = worker_env(deploy_env, tmp_path / "home", remote, TOKEN, "sqlite:///unused.db")
+    credential = {k: v for k, v in worker.items() if k.startswith("GIT_")}
+    output = run(
+        [str(repo / ".venv" / "bin" / "python"), "-c", script],
+        cwd=tmp_path,
+        env={**deploy_env, **credential},
+        timeout=300,
+    )
+    routed = api(f"{server.api_url}/deployments/name/{slug}/dev")
+    assert remote.requests[-1][1] == 200, "from_source did not clone from the token remote"
+    assert routed["id"] == made["id"]
+    assert routed["updated"] != made["updated"], "from_source deployed nothing"
+    compared = (
+        "entrypoint",
+        "pull_steps",
+        "job_variables",
+        "version",
+        "tags",
+        "parameters",
+        "parameter_openapi_schema",
+        "enforce_parameter_schema",
+        "description",
+        "work_pool_name",
+        "work_queue_name",
+        "concurrency_limit",
+        "concurrency_options",
+        "paused",
+    )
+    assert {k: routed[k] for k in compared} == {k: made[k] for k in compared}
+    schedule = ("schedule", "active", "parameters", "slug")
+    assert [{k: s[k] for k in schedule} for s in routed["schedules"]] == [
+        {k: s[k] for k in schedule} for s in made["schedules"]
+    ]
+    # And reconcile, which compares every field it deploys, finds nothing to change.
+    plan = run(["make", "plan", "ENV=dev"], cwd=repo, env=deploy_env)
+    assert "No changes: 'dev' is up to date." in plan, plan
+    assert TOKEN not in output + json.dumps(routed)
+
+
 # The second commit's new dependency: small, pure Python, not in the render's lock.
 NEW_DEPENDENCY = "tabulate"
 PROBE = re.compile(r"probe code=(\w+) table=(\w+) dependency=(\S+)")
