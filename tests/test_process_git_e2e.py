@@ -59,10 +59,11 @@ def deployed(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def worker_env(
-    deploy_env: dict[str, str], home: Path, remote: GitRemote, token: str, dsn: str
+    deploy_env: dict[str, str], home: Path, remote: GitRemote, token: str | None, dsn: str
 ) -> dict[str, str]:
     """A worker machine's environment: Prefect, uv and git, the credential for the host in git's
-    own configuration, a Python for uv to use, and nothing of the repository."""
+    own configuration (none when token is None), a Python for uv to use, and nothing of the
+    repository."""
     home.mkdir(parents=True, exist_ok=True)
     server_env = {
         k: v for k, v in deploy_env.items() if k.startswith("PREFECT_") or k == "DO_NOT_TRACK"
@@ -71,15 +72,22 @@ def worker_env(
     # The machine's CA bundle, as a worker host has its system's: uv reaches the package index
     # through this machine's proxy when a lock must be checked against it.
     certificates = {k: v for k, v in deploy_env.items() if k in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    credential = (
+        {
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": f"http.{remote.url}.extraHeader",
+            "GIT_CONFIG_VALUE_0": remote.header(token),
+        }
+        if token is not None
+        else {}
+    )
     return {
         **server_env,
         **python,
         **certificates,
         "PATH": f"{BIN}:/usr/bin:/bin",
         "HOME": str(home),
-        "GIT_CONFIG_COUNT": "1",
-        "GIT_CONFIG_KEY_0": f"http.{remote.url}.extraHeader",
-        "GIT_CONFIG_VALUE_0": remote.header(token),
+        **credential,
         "GIT_TERMINAL_PROMPT": "0",
         "UV_CACHE_DIR": str(Path.home() / ".cache" / "uv"),  # warm: what a worker machine keeps
         "WAREHOUSE_DSN": dsn,
@@ -115,7 +123,7 @@ def run_logs(server: Server, flow_run_id: str) -> str:
 
 
 def run_with_credential(
-    deployed: Deployed, tmp_path: Path, token: str, deployment_name: str | None = None
+    deployed: Deployed, tmp_path: Path, token: str | None, deployment_name: str | None = None
 ) -> tuple[dict, str, Path]:
     """One run by a worker holding TOKEN: the finished run, its logs, the database it loads."""
     repo, remote, server, deploy_env = deployed
@@ -158,15 +166,20 @@ def test_a_worker_without_a_checkout_runs_the_deployed_commit_from_the_token_rem
         assert TOKEN not in text
 
 
-def test_a_wrong_credential_fails_the_run_at_the_clone_and_is_never_printed(
-    deployed: Deployed, tmp_path: Path
+@pytest.mark.parametrize("credential", [WRONG, None], ids=["wrong", "missing"])
+def test_a_wrong_or_missing_credential_fails_the_run_at_the_clone_naming_the_repository(
+    deployed: Deployed, tmp_path: Path, credential: str | None
 ) -> None:
-    finished, logs, database = run_with_credential(deployed, tmp_path, WRONG)
+    repo, remote, server, _ = deployed
+    finished, logs, database = run_with_credential(deployed, tmp_path, credential)
     assert finished["state"]["type"] in {"FAILED", "CRASHED"}, finished["worker_log"][-4000:]
-    assert "Failed to clone repository" in logs + finished["worker_log"], logs
+    assert f"Failed to clone repository {remote.url!r}" in logs + finished["worker_log"], logs
     assert not database.exists(), "a run that could not clone must run no task"
-    for text in (logs, finished["worker_log"], json.dumps(finished)):
+    deployment = api(f"{server.api_url}/deployments/{finished['deployment_id']}")
+    server_log = (repo.parent / "server.log").read_text(errors="replace")
+    for text in (logs, finished["worker_log"], json.dumps(finished), json.dumps(deployment)):
         assert WRONG not in text and TOKEN not in text
+    assert WRONG not in server_log and TOKEN not in server_log
 
 
 def test_a_commit_whose_lock_is_stale_fails_before_any_task_with_uv_s_reason(
