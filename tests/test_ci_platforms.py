@@ -693,6 +693,26 @@ def test_platform_renders_valid_ci(
     check_platform(platform, rendered(ci_platform=platform), oracles, tmp_path, rules=True)
 
 
+# The read-only git credential a process worker host clones with, as each platform names it.
+GIT_CREDENTIALS = {
+    "github-actions": "fine-grained personal access token",
+    "gitlab-ci": "deploy token of this project with `read_repository`",
+    "bitbucket-pipelines": "repository access token with Repositories read",
+    "azure-pipelines": "personal access token with Code (Read)",
+}
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_the_process_readme_names_the_platform_s_own_read_credential(
+    platform: str, rendered: Callable[..., Path]
+) -> None:
+    """A worker host's credential is the CI platform's (includes/ci/<platform>.jinja)."""
+    assert QUESTIONS["runtime"]["default"] == "process"
+    readme = " ".join((rendered(ci_platform=platform) / "README.md").read_text().split())
+    for other, credential in GIT_CREDENTIALS.items():
+        assert (credential in readme) == (other == platform), (platform, other)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("runtime", [r for r in RUNTIMES if r != QUESTIONS["runtime"]["default"]])
 @pytest.mark.parametrize("platform", PLATFORMS)
