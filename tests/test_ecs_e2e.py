@@ -5,12 +5,14 @@ In moto, from the rendered repository's own files where moto can: the events sta
 (deploy/ecs-events-stack.yaml through moto's CloudFormation: queue, dead-letter queue, rule,
 log group; moto's CloudFormation has no AWS::SQS::QueuePolicy, so the stack's queue policy is
 set on the queue from the same document), the three roles (deploy/iam/ filled as the README
-fills them), then a VPC with two subnets, a security group, the cluster and the API key's
+fills them), then a VPC with two subnets, a security group, the cluster and the credential's
 secret. The pool is created from deploy/ecs-base-job-template.json and the deployment carries
 the dev deployment's job variables from prefect.yaml. The worker submits a flow run: moto's
-RunTask accepted it with the template's network, roles, logging and the API key as a container
-secret (never in the overrides). Then a task-stopped event put on EventBridge reaches the
-queue through the rule, and the worker's observer marks the flow run Crashed.
+RunTask accepted it with the template's network, roles, logging and the flow run's credential
+as a container secret, an ARN reference never a plain value (nor in the overrides): the API key
+(prefect_api_key_secret_arn) or the basic auth string (prefect_api_auth_string_secret_arn), one
+run each, the worker holding the same credential. Then a task-stopped event put on EventBridge
+reaches the queue through the rule, and the worker's observer marks the flow run Crashed.
 
 moto runs no container: the task never runs the flow, and nothing here shows that IAM would
 allow these calls (moto does not enforce IAM or queue policies).
@@ -52,6 +54,19 @@ AWS_TEST_ENV = {
 }
 # Made up and built by parts: no credential-looking literal in the repository.
 API_KEY = "e2e-" + "not-a-" + "real-key"
+AUTH_STRING = "e2e-user:" + "not-a-" + "real-password"
+# Each way a flow run authenticates to the Prefect API: the worker's own setting, which the
+# task must never carry as a plain value, the secret's name, the value and the CI variable of
+# its ARN (prefect.yaml's prefect_api_key_secret_arn, prefect_api_auth_string_secret_arn).
+CREDENTIALS = {
+    "api-key": ("PREFECT_API_KEY", "prefect-api-key", API_KEY, "ECS_PREFECT_API_KEY_SECRET_ARN"),
+    "auth-string": (
+        "PREFECT_API_AUTH_STRING",
+        "prefect-api-auth-string",
+        AUTH_STRING,
+        "ECS_PREFECT_API_AUTH_STRING_SECRET_ARN",
+    ),
+}
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout: float, log: Path) -> Any:
@@ -75,9 +90,11 @@ def deploy_time(value: Any, env: dict[str, str]) -> Any:
     return json.loads(text)
 
 
+@pytest.mark.parametrize("credential", list(CREDENTIALS))
 def test_the_ecs_worker_runs_a_task_in_moto_and_its_observer_marks_a_stopped_one_crashed(
-    template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, credential: str
 ) -> None:
+    setting, secret_name, secret_value, arn_variable = CREDENTIALS[credential]
     registry = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
     # moto's request recorder (read by run_task_requests), into this test's directory.
     recording = tmp_path / "moto-recording.jsonl"
@@ -203,9 +220,9 @@ def test_the_ecs_worker_runs_a_task_in_moto_and_its_observer_marks_a_stopped_one
         (pass_role,) = [s for s in worker_policy["Statement"] if s["Action"] == "iam:PassRole"]
         assert sorted(pass_role["Resource"]) == sorted([roles["execution"], roles["task"]])
 
-        # The API key's secret: the flow run gets it from Secrets Manager, by ARN.
+        # The credential's secret: the flow run gets it from Secrets Manager, by ARN.
         key_arn = client("secretsmanager").create_secret(
-            Name=f"sales-etl/{ENV}/prefect-api-key", SecretString=API_KEY
+            Name=f"sales-etl/{ENV}/{secret_name}", SecretString=secret_value
         )["ARN"]
 
         # The pool, from the rendered base job template.
@@ -239,8 +256,9 @@ def test_the_ecs_worker_runs_a_task_in_moto_and_its_observer_marks_a_stopped_one
             "ECS_SUBNET_ID_A": subnets[0],
             "ECS_SUBNET_ID_B": subnets[1],
             "ECS_SECURITY_GROUP_ID": group["GroupId"],
-            "ECS_PREFECT_API_KEY_SECRET_ARN": key_arn,
+            "ECS_PREFECT_API_KEY_SECRET_ARN": "",
             "ECS_PREFECT_API_AUTH_STRING_SECRET_ARN": "",
+            arn_variable: key_arn,
         }
         job_variables = deploy_time(spec["work_pool"]["job_variables"], ci)
         assert not re.search(r"\{\{", json.dumps(job_variables)), job_variables
@@ -268,7 +286,9 @@ def test_the_ecs_worker_runs_a_task_in_moto_and_its_observer_marks_a_stopped_one
             **prefect_env,
             **AWS_TEST_ENV,
             "AWS_ENDPOINT_URL": moto,
-            "PREFECT_API_KEY": API_KEY,
+            # The local server takes any credential: the worker sends it, and would put it
+            # into the task as a plain value without the ARN.
+            setting: secret_value,
             "PREFECT_INTEGRATIONS_AWS_ECS_OBSERVER_SQS_QUEUE_NAME": queue_name,
         }
         command = [str(BIN / "prefect"), "worker", "start", "--pool", f"sales-etl-{ENV}"]
@@ -291,8 +311,10 @@ def test_the_ecs_worker_runs_a_task_in_moto_and_its_observer_marks_a_stopped_one
             (container,) = task["overrides"]["containerOverrides"]
             assert container["name"] == "prefect"
             overridden = {item["name"] for item in container.get("environment", [])}
-            assert "PREFECT_API_KEY" not in overridden, overridden
-            assert API_KEY not in json.dumps(task), "the API key is in the task in plain text"
+            assert setting not in overridden, overridden
+            assert secret_value not in json.dumps(task), (
+                "the credential is in the task in plain text"
+            )
             definition = ecs.describe_task_definition(taskDefinition=task["taskDefinitionArn"])[
                 "taskDefinition"
             ]
@@ -306,8 +328,11 @@ def test_the_ecs_worker_runs_a_task_in_moto_and_its_observer_marks_a_stopped_one
             assert logging["logDriver"] == "awslogs"
             assert logging["options"]["awslogs-group"] == f"/prefect/sales-etl/{ENV}"
             assert logging["options"]["awslogs-stream-prefix"] == ENV
-            assert {"name": "PREFECT_API_KEY", "valueFrom": key_arn} in prefect_container["secrets"]
-            assert API_KEY not in json.dumps(definition)
+            # Only the credential the environment gives, and as an ARN reference.
+            assert prefect_container["secrets"] == [{"name": setting, "valueFrom": key_arn}]
+            plain = {item["name"] for item in prefect_container.get("environment", [])}
+            assert setting not in plain, plain
+            assert secret_value not in json.dumps(definition)
             # DescribeTasks (AWS's and moto's) shows one subnet of the task's ENI; the whole
             # network configuration is in the RunTask request moto recorded.
             (request,) = run_task_requests(recording)
@@ -318,7 +343,7 @@ def test_the_ecs_worker_runs_a_task_in_moto_and_its_observer_marks_a_stopped_one
                 "securityGroups": [group["GroupId"]],
                 "assignPublicIp": "DISABLED",
             }
-            assert API_KEY not in json.dumps(request)
+            assert secret_value not in json.dumps(request)
             (attachment,) = task["attachments"]
             details = {d["name"]: d["value"] for d in attachment["details"]}
             assert details["subnetId"] == subnets[0]
@@ -357,7 +382,7 @@ def test_the_ecs_worker_runs_a_task_in_moto_and_its_observer_marks_a_stopped_one
             assert "non-zero exit code" in state["message"] and "prefect" in state["message"]
         log = worker_log.read_text(errors="replace")
         assert "does not exist" not in log, "the observer did not find its queue"
-        assert API_KEY not in log
+        assert secret_value not in log
 
 
 def run_task_requests(recording: Path) -> list[dict[str, Any]]:

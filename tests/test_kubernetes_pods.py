@@ -23,6 +23,8 @@ import pytest
 import yaml
 from prefect_kubernetes.worker import KubernetesWorker
 
+from bench.concurrency_bench import api
+from tests.e2e.server import running_server
 from tests.rendering import BIN, QUESTIONS, assert_kubernetes_valid, render, run
 from tests.test_container_settings import kubernetes_jobs
 from tests.test_runtimes import deploy_time, helm_values, job_configuration
@@ -276,3 +278,56 @@ def test_team_job_variables_reach_their_environments_jobs_only(
     assert problems == [
         "deploy/team/flow-runs.yaml 'dev': job variable 'colour' is not in the work pool's template"
     ]
+
+
+def hand_deploy(repo: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`prefect deploy` of the first environment as a person runs it, with no Docker daemon
+    (a build that gets past prefect.yaml's first step fails at once)."""
+    return subprocess.run(
+        [str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "dev"],
+        cwd=repo,
+        env={**env, "DOCKER_HOST": "tcp://127.0.0.1:9", "IMAGE_TAG": "hand"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_prefect_deploy_by_hand_refuses_while_the_team_sets_job_variables(
+    repos: dict[str, Path], tmp_path: Path
+) -> None:
+    """`prefect deploy` reads prefect.yaml alone: while deploy/team/flow-runs.yaml sets job
+    variables it stops at its first build step, before anything is deployed, and says to
+    deploy with make; ops' own deploys (PIPELINE_DEPLOY_TOOL) and an empty team file pass."""
+    repo = shutil.copytree(repos["env"], tmp_path / "sales-etl")
+    team = repo / "deploy" / "team" / "flow-runs.yaml"
+    empty = team.read_text()
+    team.write_text(empty.replace("dev: {}\n", TEAM_DEV))
+    prefect = BIN / "prefect"
+    base = {**os.environ, "PYTHONPATH": str(repo / "src"), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    with running_server(prefect, tmp_path / "home", tmp_path / "server.log", base) as server:
+        env = {**base, **server.env()}
+        run(
+            [str(prefect), "work-pool", "create", "sales-etl-dev", "--type", "kubernetes"],
+            repo,
+            env,
+        )
+
+        refused = hand_deploy(repo, env)
+        output = refused.stdout + refused.stderr
+        assert refused.returncode != 0, output
+        assert "deploy/team/flow-runs.yaml sets job variables for dev" in output, output
+        assert "make deploy ENV=<env>" in output, output
+        assert api(f"{server.api_url}/deployments/filter", {}) == [], "deployed anyway"
+
+        # Past the guard, each fails at the image build (no daemon), not at the guard.
+        for guarded, extra in (("ops", {"PIPELINE_DEPLOY_TOOL": "ops"}), ("empty", {})):
+            if guarded == "empty":
+                team.write_text(empty)
+            passed = hand_deploy(repo, {**env, **extra})
+            output = passed.stdout + passed.stderr
+            assert passed.returncode != 0, output
+            assert "sets job variables" not in output, (guarded, output)
+            assert "build_docker_image" in output or "Docker" in output, (guarded, output)

@@ -565,6 +565,15 @@ def test_flow_run_manifests_are_valid_and_match_the_job_variables(
             assert document["imagePullSecrets"] == [{"name": secret}]
     assert "`sales-etl-<env>-registry`, a `kubernetes.io/dockerconfigjson` Secret" in readme
     assert "kubectl create secret docker-registry sales-etl-dev-registry" in readme
+    # What the team sets on those accounts (annotations: the cloud identity) is in its own
+    # file, valid, naming the same accounts, and applied beside the template's by the README.
+    team_accounts = repo / "deploy" / "team" / "flow-run-accounts.yaml"
+    assert_kubernetes_valid(team_accounts)
+    team_documents = [d for d in yaml.safe_load_all(team_accounts.read_text()) if d]
+    assert {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in team_documents} == accounts
+    assert all(d["metadata"]["annotations"] == {} for d in team_documents)
+    assert not any("annotations" in d["metadata"] for d in documents)
+    assert "--field-manager=sales-etl-team -f deploy/team/flow-run-accounts.yaml" in readme
 
     # The oracle can fail: an unknown field is rejected under --strict.
     broken = tmp_path / "broken.yaml"

@@ -231,6 +231,48 @@ def test_a_real_conflict_is_reported_not_resolved(tagged: Path, tmp_path: Path) 
     assert "## Run our tests" in text and "## Run the test suite" in text
 
 
+IDENTITY = "eks.amazonaws.com/role-arn: arn:aws:iam::123456789012:role/sales-etl-dev"
+
+
+def test_a_teams_service_account_annotation_survives_a_change_of_the_template_s_manifest(
+    tagged: Path, tmp_path: Path
+) -> None:
+    """The cloud identity a team gives its flow-run service account lives in
+    deploy/team/flow-run-accounts.yaml: a release that changes the template's
+    deploy/flow-runs.yaml, on the very ServiceAccount, brings its change without a conflict."""
+    template = tmp_path / "template"
+    shutil.copytree(tagged, template)
+    answers = {"runtime": "kubernetes", "secret_backend": "aws-secrets-manager"}
+    repo = copy_at(template, "HEAD", tmp_path / "repo", answers)
+    team_file = repo / "deploy" / "team" / "flow-run-accounts.yaml"
+    team_text = team_file.read_text()
+    team_file.write_text(team_text.replace("annotations: {}", "annotations:\n    " + IDENTITY, 1))
+    git("commit", "-q", "-am", "Team: the dev flow runs' IAM role", cwd=repo)
+    edited = team_file.read_bytes()
+    source = next((template / "template").glob("*kubernetes*deploy*/flow-runs.yaml.jinja"))
+    owned = source.read_text()
+    assert owned.count("automountServiceAccountToken: false\n") == 1
+    source.write_text(
+        owned.replace(
+            "automountServiceAccountToken: false\n",
+            "automountServiceAccountToken: false\nsecrets: []\n",
+        )
+    )
+    # The release also changes its seed of the team's file on the line the team edited: the
+    # file is the team's (_skip_if_exists), so this never reaches it.
+    seed = source.parent / "team" / "flow-run-accounts.yaml.jinja"
+    seed.write_text(seed.read_text().replace("annotations: {}", "annotations: {}\n  labels: {}"))
+    git("commit", "-q", "-am", "Template: the flow-run account's token secrets", cwd=template)
+    git("tag", "v99.0.0", cwd=template)
+
+    update(repo, "v99.0.0")
+
+    assert find_conflicts(repo) == []
+    assert team_file.read_bytes() == edited
+    assert IDENTITY in team_file.read_text()
+    assert "secrets: []" in (repo / "deploy" / "flow-runs.yaml").read_text()
+
+
 def test_a_dirty_worktree_is_refused_and_left_as_it_was(tagged: Path, tmp_path: Path) -> None:
     repo = copy_at(tagged, "HEAD", tmp_path / "repo", {})
     (repo / "README.md").write_text((repo / "README.md").read_text() + "\nwork in progress\n")

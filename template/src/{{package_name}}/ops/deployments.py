@@ -48,6 +48,9 @@ from .versions import VERSION_VAR, head_version
 UNRESOLVED = "unresolved"
 # The repository a process worker clones (prefect.yaml's git_clone step reads it).
 REPOSITORY_VAR = "DEPLOY_REPOSITORY"
+# Set while ops runs `prefect deploy`: prefect.yaml's first build step (kubernetes:
+# ops/hand_deploy.py) tells a deploy by hand, which leaves deploy/team/ files out, from ours.
+DEPLOY_TOOL_VAR, DEPLOY_TOOL = "PIPELINE_DEPLOY_TOOL", "ops"
 
 
 def repository_url(root: Path, environ: Mapping[str, str]) -> str:
@@ -76,8 +79,13 @@ def repository_url(root: Path, environ: Mapping[str, str]) -> str:
 @contextmanager
 def deploy_environment(root: Path) -> Iterator[dict[str, str]]:
     """os.environ as `prefect deploy` sees it: DEPLOY_REPOSITORY defaults to the repository's
-    URL in CI or its path here (repository_url), DEPLOY_VERSION to its HEAD commit."""
-    defaults = {REPOSITORY_VAR: repository_url(root, os.environ), VERSION_VAR: head_version(root)}
+    URL in CI or its path here (repository_url), DEPLOY_VERSION to its HEAD commit, and
+    DEPLOY_TOOL_VAR says the deploy is ours."""
+    defaults = {
+        REPOSITORY_VAR: repository_url(root, os.environ),
+        VERSION_VAR: head_version(root),
+        DEPLOY_TOOL_VAR: DEPLOY_TOOL,
+    }
     # An unset CI variable arrives as an empty string: treat it as unset.
     added = [name for name, value in defaults.items() if value and not os.environ.get(name)]
     for name in added:

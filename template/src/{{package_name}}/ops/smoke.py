@@ -9,9 +9,10 @@ A run that fails, crashes or does not finish in time, or a triggered deployment 
 pointing elsewhere, exits 1 and stops the promotion. A run still waiting at the deadline behind
 another run of its deployment (the environment's one-run-at-a-time limit, or a scheduled run)
 exits 3: the deploy is applied, and the smoke run stays queued and runs after it. A run whose
-pod cannot pull its image (the error a Kubernetes worker logs to the run, which stays Pending
-while Kubernetes retries the pull) exits 1 at once, "image pull failed" with the registry's
-answer, rather than at the deadline asking whether a worker polls the pool.
+pod cannot pull its image (the Kubernetes worker's pod event, diagnosed ImagePullError, or
+failing that the error it logs to the run, which stays Pending while Kubernetes retries the
+pull) exits 1 at once, "image pull failed" with the registry's answer where the worker logged
+it, rather than at the deadline asking whether a worker polls the pool.
 
 The parameters are config/orchestration.yaml's `smoke:` ones (a small, safe run, per
 environment), unless --parameters gives a JSON object of each flow's parameters, by flow name
@@ -43,6 +44,8 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
+from prefect.events import Event
+from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 from prefect.exceptions import ObjectNotFound
 
 from .._internal.config import ConfigError, read_yaml
@@ -110,12 +113,31 @@ def parameters_by_deployment(
     return {d.full_name: given.get(d.flow_name, {}) for d in runs}
 
 
-# How a Kubernetes worker's observer (prefect-kubernetes 0.8) begins the error it logs to a
-# flow run whose pod sits in ErrImagePull or ImagePullBackOff; the run stays Pending.
+# The event a Kubernetes worker's observer (prefect-kubernetes 0.8, observer.py) emits for each
+# phase of a flow run's pod, related to the run; a pod in ErrImagePull or ImagePullBackOff has
+# its diagnosis (diagnostics.py) on the event's resource. The run itself stays Pending.
+POD_EVENT_PREFIX = "prefect.kubernetes.pod."
+DIAGNOSIS_LABEL, IMAGE_PULL_ERROR = "kubernetes.diagnosis", "ImagePullError"
+# How the same observer begins the error it logs to the run: the registry's answer is only
+# there, and it is all an observer that replicates no pod events leaves.
 IMAGE_PULL_FAILED = "Image pull failed for container"
 
 
-def image_pull_failure(client: SyncPrefectClient, flow_run: FlowRun) -> str | None:
+def image_pull_event(client: SyncPrefectClient, flow_run: FlowRun) -> Event | None:
+    """The worker's latest pod event for the run if it diagnosed an image pull error."""
+    page = client.read_events(
+        filter=EventFilter(
+            event=EventNameFilter(prefix=[POD_EVENT_PREFIX]),
+            related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run.id}"]),
+        ),
+        limit=20,
+    )
+    return next(
+        (e for e in page.events if e.resource.get(DIAGNOSIS_LABEL) == IMAGE_PULL_ERROR), None
+    )
+
+
+def image_pull_log(client: SyncPrefectClient, flow_run: FlowRun) -> str | None:
     """The worker's error about the run's image, if it logged one."""
     logs = client.read_logs(
         log_filter=LogFilter(
@@ -125,6 +147,19 @@ def image_pull_failure(client: SyncPrefectClient, flow_run: FlowRun) -> str | No
         limit=20,
     )
     return next((log.message for log in logs if log.message.startswith(IMAGE_PULL_FAILED)), None)
+
+
+def image_pull_failure(client: SyncPrefectClient, flow_run: FlowRun) -> str | None:
+    """What the worker reported about the run's image: its pod event's diagnosis, with the
+    error it logged where there is one; the logged error alone without an event."""
+    event, logged = image_pull_event(client, flow_run), image_pull_log(client, flow_run)
+    if event is None:
+        return logged
+    resource = event.resource
+    pod = f"pod {resource.name} in {resource.get('kubernetes.namespace')}"
+    return f"{event.event} of {pod}, diagnosis {IMAGE_PULL_ERROR}" + (
+        f": {logged}" if logged else ""
+    )
 
 
 def wait_for(
