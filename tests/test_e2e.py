@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.demo import demo
+from tests.e2e.demo import count_rows, demo
 from tests.e2e.server import running_server, running_worker
-from tests.rendering import BIN
+from tests.rendering import BIN, answers_of, repo_env, run
 
 
 @pytest.mark.slow
@@ -33,6 +33,19 @@ def test_default_pipeline_runs_to_completion_on_a_local_server(tmp_path: Path) -
     server = result.run_url.split("/runs/")[0]
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{server}/api/health", timeout=5)
+
+    # `make run` on the same checkout: the flow in this process on the working tree, with no
+    # server configured (Prefect's ephemeral one) and no git credential anywhere (#22).
+    home = tmp_path / "no-credentials"
+    home.mkdir()
+    env = repo_env(str(answers_of(result.repo)["python_version"]))
+    env |= {"HOME": str(home), "PREFECT_HOME": str(home / "prefect"), "GIT_TERMINAL_PROMPT": "0"}
+    env |= {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}
+    database = tmp_path / "make-run.db"
+    env["WAREHOUSE_DSN"] = f"sqlite:///{database}"
+    environment = answers_of(result.repo)["environments"][0]
+    output = run(["make", "run", f"ENV={environment}"], cwd=result.repo, env=env, timeout=300)
+    assert count_rows(database) == source_rows, output[-3000:]
 
 
 @pytest.mark.slow
