@@ -90,14 +90,6 @@ def lines_in_range(
     return sorted(newest.values())
 
 
-def _replace_once(path: Path, old: str, new: str) -> None:
-    text = path.read_text(encoding="utf-8")
-    if text.count(old) != 1:
-        msg = f"{path}: expected '{old}' exactly once, found it {text.count(old)} times"
-        raise SystemExit(msg)
-    path.write_text(text.replace(old, new), encoding="utf-8")
-
-
 def move_top(version: Version, root: Path = ROOT) -> list[Path]:
     """Make `version` the top of the range and the default answer everywhere it is stated."""
     lowest, highest = accepted_range(root)
@@ -127,7 +119,8 @@ def move_top(version: Version, root: Path = ROOT) -> list[Path]:
             msg = f"{name}: expected '{before.splitlines()[0]}' exactly once, found {count}"
             raise SystemExit(msg)
     for name, before, after in edits:
-        _replace_once(root / name, before, after)
+        path = root / name
+        path.write_text(path.read_text(encoding="utf-8").replace(before, after), encoding="utf-8")
     return sorted({root / name for name, _, _ in edits})
 
 
