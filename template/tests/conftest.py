@@ -1,4 +1,5 @@
-"""Shared fixtures: a temporary Prefect API for the whole session, and secrets for the tests."""
+"""Shared fixtures: a temporary Prefect API for the whole session (tests/prefect_api.py), and
+secrets for the tests."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-from prefect.testing.utilities import prefect_test_harness
+from prefect_api import temporary_api
 from secret_fixtures import provide_secret
 
 __all__ = ["provide_secret"]
@@ -27,7 +28,7 @@ def prefect_api() -> Iterator[None]:
     # them here. Each flow run's end otherwise waits out the heartbeat thread's one-second
     # sleep: about 1 s per flow run, 20 s or more of this suite.
     with (
-        prefect_test_harness(server_startup_timeout=180),
+        temporary_api(startup_timeout=180),
         temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
     ):
         yield
