@@ -845,7 +845,8 @@ def test_the_whole_generated_suite_runs_on_every_choice() -> None:
         assert {a[question] for a in whole} == set(choices(question)), question
     runners = Counter(a["task_runner"] for a in whole)
     assert set(runners) == set(TASK_RUNNERS) and min(runners.values()) >= 2, runners
-    # GitLab's check job runs the generated suite itself: it must be one of these entries.
+    # GitLab's check job runs the generated suite itself (the push check, then the slow tests):
+    # it must be one of these entries.
     gitlab_check_job = [a for a in matrix if is_gitlab_check_job(a)]
     assert all(a in whole for a in gitlab_check_job)
 
@@ -879,7 +880,13 @@ def test_generated_repository_passes_its_own_checks(
         run_checks(repo, pytest=whole_suite)
         return
     if is_gitlab_check_job(answers):
-        run_check_job(repo, env, request.getfixturevalue("node_tools"), tmp_path)
+        # As a merge request's branch runs it: the push check, whose rule leaves the slow
+        # tests to the default branch.
+        git("switch", "-q", "-c", "change", cwd=repo)
+        output = run_check_job(repo, env, request.getfixturevalue("node_tools"), tmp_path)
+        assert re.search(r"\d+ passed, [1-9]\d* deselected", output), output
+        # The rest of the whole suite, as the default branch's job runs it.
+        run([uv, "run", "pytest", "-q", "-m", "slow"], cwd=repo, env=env)
     else:
         env = run_checks(repo, pytest=whole_suite)
         run([uv, "run", "pre-commit", "run", "--all-files"], cwd=repo, env=env)
