@@ -577,15 +577,42 @@ def test_flow_run_manifests_are_valid_and_match_the_job_variables(
             assert document["imagePullSecrets"] == [{"name": secret}]
     assert "`sales-etl-<env>-registry`, a `kubernetes.io/dockerconfigjson` Secret" in readme
     assert "kubectl create secret docker-registry sales-etl-dev-registry" in readme
-    # What the team sets on those accounts (annotations: the cloud identity) is in its own
-    # file, valid, naming the same accounts, and applied beside the template's by the README.
+    # What the team sets on those accounts (annotations: the cloud identity) and on the
+    # namespaces (labels and annotations of its own) is in its own file, valid, naming the same
+    # objects, and applied beside the template's by the README.
     team_accounts = repo / "deploy" / "team" / "flow-run-accounts.yaml"
     assert_kubernetes_valid(team_accounts)
     team_documents = [d for d in yaml.safe_load_all(team_accounts.read_text()) if d]
-    assert {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in team_documents} == accounts
+    team_of = {kind: [d for d in team_documents if d["kind"] == kind] for kind in KINDS}
+    assert sum(map(len, team_of.values())) == len(team_documents)
+    team_accounts_named = {
+        (d["metadata"]["namespace"], d["metadata"]["name"]) for d in team_of["ServiceAccount"]
+    }
+    assert team_accounts_named == accounts
+    assert {d["metadata"]["name"] for d in team_of["Namespace"]} == namespaces
     assert all(d["metadata"]["annotations"] == {} for d in team_documents)
+    assert all(d["metadata"]["labels"] == {} for d in team_of["Namespace"])
     assert not any("annotations" in d["metadata"] for d in documents)
+    # The template's namespace labels are the ones the team file says are the template's:
+    # the team's apply conflicts with them rather than silently taking them over.
+    template_labels = {
+        k for d in documents if d["kind"] == "Namespace" for k in d["metadata"]["labels"]
+    }
+    owned = ("app.kubernetes.io/part-of", "pod-security.kubernetes.io/")
+    assert template_labels and all(key.startswith(owned) for key in template_labels)
+    assert all(prefix.rstrip("/") in team_accounts.read_text() for prefix in owned)
     assert "--field-manager=sales-etl-team -f deploy/team/flow-run-accounts.yaml" in readme
+    # A team's own namespace label and annotation pass the same schema check.
+    labelled = tmp_path / "labelled.yaml"
+    labelled.write_text(
+        team_accounts.read_text().replace(
+            "  labels: {}\n  annotations: {}",
+            "  labels:\n    team.example.com/tier: gold\n"
+            "  annotations:\n    team.example.com/owner: data-platform",
+        )
+    )
+    assert labelled.read_text().count("tier: gold") == len(namespaces)
+    assert_kubernetes_valid(labelled)
 
     # The oracle can fail: an unknown field is rejected under --strict.
     broken = tmp_path / "broken.yaml"
@@ -597,6 +624,9 @@ def test_flow_run_manifests_are_valid_and_match_the_job_variables(
         check=False,
     )
     assert rejected.returncode != 0
+
+
+KINDS = ("Namespace", "ServiceAccount")
 
 
 # --- ECS -------------------------------------------------------------------------------------
