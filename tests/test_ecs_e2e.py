@@ -84,6 +84,30 @@ def fill(text: str, values: dict[str, str]) -> str:
     return string.Template(text).substitute(values)
 
 
+RESULTS_BUCKET = "sales-etl-results"
+# The rendered package's own reconcile step for the results block (this interpreter has
+# prefect-aws), then a write and a read through the saved block, as a flow run's would go.
+SAVE_RESULTS_BLOCK = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, "src")
+from prefect.blocks.core import Block
+from sales_etl.ops.reconcile import plan_result_storage
+from sales_etl.ops.state import read_state
+state = read_state("dev", Path.cwd())
+planned = plan_result_storage(state)
+for change in planned:
+    change.apply()
+block = Block.load("s3-bucket/sales-etl-dev-results")
+block.write_path("probe", b"cached")
+print(json.dumps({
+    "planned": [str(c) for c in planned],
+    "again": [str(c) for c in plan_result_storage(state)],
+    "read": block.read_path("probe").decode(),
+}))
+"""
+
+
 def deploy_time(value: Any, env: dict[str, str]) -> Any:
     """value with each `{{ $NAME }}` replaced from env, as `prefect deploy` does."""
     text = DEPLOY_ENV_PLACEHOLDER.sub(lambda m: env[m[1]], json.dumps(value))
@@ -194,7 +218,7 @@ def test_the_ecs_worker_runs_a_task_in_moto_and_its_observer_marks_a_stopped_one
             "AWS_REGION": REGION,
             "PIPELINE_ENV": ENV,
             "ECS_CLUSTER": CLUSTER,
-            "RESULTS_BUCKET": "sales-etl-results",
+            "RESULTS_BUCKET": RESULTS_BUCKET,
         }
         trust = fill((deploy / "iam" / "ecs-tasks-trust-policy.json").read_text(), filled)
         roles = {}
@@ -219,6 +243,27 @@ def test_the_ecs_worker_runs_a_task_in_moto_and_its_observer_marks_a_stopped_one
         )
         (pass_role,) = [s for s in worker_policy["Statement"] if s["Action"] == "iam:PassRole"]
         assert sorted(pass_role["Resource"]) == sorted([roles["execution"], roles["task"]])
+
+        if credential == "api-key":  # once: the block does not depend on the credential
+            # config/dev.yaml's declared results block, saved by reconcile's own step from
+            # RESULTS_BUCKET, writes under the environment's folder of the bucket.
+            s3 = client("s3")
+            s3.create_bucket(Bucket=RESULTS_BUCKET)
+            block_env = {
+                **os.environ,
+                **server.env(),
+                **AWS_TEST_ENV,
+                "AWS_ENDPOINT_URL": moto,
+                "RESULTS_BUCKET": RESULTS_BUCKET,
+            }
+            output = run(
+                [str(BIN / "python"), "-c", SAVE_RESULTS_BLOCK], repo, block_env, timeout=120
+            )
+            saved = json.loads(output.strip().splitlines()[-1])
+            assert [c.split()[:2] for c in saved["planned"]] == [["create", "block"]], saved
+            assert saved["again"] == [] and saved["read"] == "cached", saved
+            listing = s3.list_objects_v2(Bucket=RESULTS_BUCKET)["Contents"]
+            assert [o["Key"] for o in listing] == [f"{ENV}/probe"]
 
         # The credential's secret: the flow run gets it from Secrets Manager, by ARN.
         key_arn = client("secretsmanager").create_secret(

@@ -577,15 +577,42 @@ def test_flow_run_manifests_are_valid_and_match_the_job_variables(
             assert document["imagePullSecrets"] == [{"name": secret}]
     assert "`sales-etl-<env>-registry`, a `kubernetes.io/dockerconfigjson` Secret" in readme
     assert "kubectl create secret docker-registry sales-etl-dev-registry" in readme
-    # What the team sets on those accounts (annotations: the cloud identity) is in its own
-    # file, valid, naming the same accounts, and applied beside the template's by the README.
+    # What the team sets on those accounts (annotations: the cloud identity) and on the
+    # namespaces (labels and annotations of its own) is in its own file, valid, naming the same
+    # objects, and applied beside the template's by the README.
     team_accounts = repo / "deploy" / "team" / "flow-run-accounts.yaml"
     assert_kubernetes_valid(team_accounts)
     team_documents = [d for d in yaml.safe_load_all(team_accounts.read_text()) if d]
-    assert {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in team_documents} == accounts
+    team_of = {kind: [d for d in team_documents if d["kind"] == kind] for kind in KINDS}
+    assert sum(map(len, team_of.values())) == len(team_documents)
+    team_accounts_named = {
+        (d["metadata"]["namespace"], d["metadata"]["name"]) for d in team_of["ServiceAccount"]
+    }
+    assert team_accounts_named == accounts
+    assert {d["metadata"]["name"] for d in team_of["Namespace"]} == namespaces
     assert all(d["metadata"]["annotations"] == {} for d in team_documents)
+    assert all(d["metadata"]["labels"] == {} for d in team_of["Namespace"])
     assert not any("annotations" in d["metadata"] for d in documents)
+    # The template's namespace labels are the ones the team file says are the template's:
+    # the team's apply conflicts with them rather than silently taking them over.
+    template_labels = {
+        k for d in documents if d["kind"] == "Namespace" for k in d["metadata"]["labels"]
+    }
+    owned = ("app.kubernetes.io/part-of", "pod-security.kubernetes.io/")
+    assert template_labels and all(key.startswith(owned) for key in template_labels)
+    assert all(prefix.rstrip("/") in team_accounts.read_text() for prefix in owned)
     assert "--field-manager=sales-etl-team -f deploy/team/flow-run-accounts.yaml" in readme
+    # A team's own namespace label and annotation pass the same schema check.
+    labelled = tmp_path / "labelled.yaml"
+    labelled.write_text(
+        team_accounts.read_text().replace(
+            "  labels: {}\n  annotations: {}",
+            "  labels:\n    team.example.com/tier: gold\n"
+            "  annotations:\n    team.example.com/owner: data-platform",
+        )
+    )
+    assert labelled.read_text().count("tier: gold") == len(namespaces)
+    assert_kubernetes_valid(labelled)
 
     # The oracle can fail: an unknown field is rejected under --strict.
     broken = tmp_path / "broken.yaml"
@@ -597,6 +624,96 @@ def test_flow_run_manifests_are_valid_and_match_the_job_variables(
         check=False,
     )
     assert rejected.returncode != 0
+
+
+# --- Results ---------------------------------------------------------------------------------
+
+# What a runtime whose flow runs take their disk with them declares as each environment's
+# result storage, by (runtime, secret backend): the block type (on Kubernetes the backend's
+# cloud, S3 elsewhere), its package and the variables reconcile fills it from.
+RESULT_STORAGE = {
+    ("ecs", "env"): ("s3-bucket", "prefect-aws", {"RESULTS_BUCKET"}),
+    ("kubernetes", "env"): ("s3-bucket", "prefect-aws", {"RESULTS_BUCKET"}),
+    ("kubernetes", "vault"): ("s3-bucket", "prefect-aws", {"RESULTS_BUCKET"}),
+    ("kubernetes", "gcp-secret-manager"): (
+        "gcs-bucket",
+        "prefect-gcp",
+        {"RESULTS_BUCKET", "GOOGLE_CLOUD_PROJECT"},
+    ),
+    ("kubernetes", "azure-key-vault"): (
+        "azure-blob-storage-container",
+        "prefect-azure",
+        {"RESULTS_CONTAINER", "RESULTS_ACCOUNT_URL"},
+    ),
+}
+# Each block type's field naming the environment's folder.
+FOLDER_FIELD = {
+    "s3-bucket": "bucket_folder",
+    "gcs-bucket": "bucket_folder",
+    "azure-blob-storage-container": "base_folder",
+}
+
+
+def variables_in(value: Any) -> set[str]:
+    if isinstance(value, dict):
+        return set().union(*(variables_in(v) for v in value.values()))
+    return set(re.findall(r"\$\{(\w+)\}", value)) if isinstance(value, str) else set()
+
+
+@pytest.mark.parametrize(("runtime", "backend"), list(RESULT_STORAGE))
+def test_kubernetes_and_ecs_environments_keep_their_results_in_a_bucket_of_their_own(
+    rendered: Callable[..., Path], template: Path, tmp_path: Path, runtime: str, backend: str
+) -> None:
+    """A pod's emptyDir and a task's disk go with the run: without a declared block the cache
+    would never hit, so each environment declares one, in a folder of its own."""
+    if backend == "env":
+        repo = rendered(runtime)
+    else:
+        answers = {"runtime": runtime, "secret_backend": backend}
+        repo = render(template, tmp_path / "sales-etl", answers)
+    block_type, package, variables = RESULT_STORAGE[(runtime, backend)]
+    folders = set()
+    for env in ENVIRONMENTS:
+        declared = load_yaml(repo / "config" / f"{env}.yaml")["result_storage"]
+        assert declared["block_type"] == block_type
+        assert variables_in(declared) == variables
+        folders.add(declared[FOLDER_FIELD[block_type]])
+    assert folders == set(ENVIRONMENTS)
+    deps = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert package in {re.split(r"[<>=\[]", dep)[0] for dep in deps}
+    # What a team must create is in the README, and CI hands reconcile the variables.
+    readme = (repo / "README.md").read_text()
+    deploy_job = (repo / ".github" / "workflows" / "deploy.yml").read_text()
+    for name in variables:
+        assert f"`{name}`" in readme
+        assert f"{name}: ${{{{ vars.{name} }}}}" in deploy_job
+    words = " ".join(readme.split())
+    access = {"prefect-azure": "Storage Blob Data Contributor", "prefect-gcp": "storage.objectUser"}
+    assert access.get(package, "s3:PutObject") in words
+    if block_type == "s3-bucket":
+        # prefect-aws is this interpreter's too: the declaration makes a real block.
+        filled = {
+            k: (v.replace("${RESULTS_BUCKET}", "results") if isinstance(v, str) else v)
+            for k, v in declared.items()
+            if k != "block_type"
+        }
+        block = importlib.import_module("prefect_aws.s3").S3Bucket(**filled)
+        assert (block.bucket_name, block.bucket_folder) == ("results", ENVIRONMENTS[-1])
+
+
+@pytest.mark.parametrize("runtime", ["process", "docker"])
+def test_process_and_docker_environments_keep_their_results_where_they_run(
+    rendered: Callable[..., Path], runtime: str
+) -> None:
+    """The worker's home or the environment's Docker volume keeps them: nothing to declare."""
+    repo = rendered(runtime)
+    for env in ENVIRONMENTS:
+        config = load_yaml(repo / "config" / f"{env}.yaml")
+        assert "result_storage" not in config
+        assert "# result_storage:" in (repo / "config" / f"{env}.yaml").read_text()
+
+
+KINDS = ("Namespace", "ServiceAccount")
 
 
 # --- ECS -------------------------------------------------------------------------------------

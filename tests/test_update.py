@@ -14,6 +14,7 @@ from pathlib import Path
 
 import copier
 import pytest
+import yaml
 from copier.errors import UnsafeTemplateError
 from packaging.version import Version
 
@@ -232,31 +233,48 @@ def test_a_real_conflict_is_reported_not_resolved(tagged: Path, tmp_path: Path) 
 
 
 IDENTITY = "eks.amazonaws.com/role-arn: arn:aws:iam::123456789012:role/sales-etl-dev"
+NAMESPACE_LABEL = "team.example.com/cost-centre: pipelines"
+PSA_LABEL = "pod-security.kubernetes.io/enforce-version: latest\n"
 
 
 def test_a_teams_service_account_annotation_survives_a_change_of_the_template_s_manifest(
     tagged: Path, tmp_path: Path
 ) -> None:
-    """The cloud identity a team gives its flow-run service account lives in
-    deploy/team/flow-run-accounts.yaml: a release that changes the template's
-    deploy/flow-runs.yaml, on the very ServiceAccount, brings its change without a conflict."""
+    """The cloud identity a team gives its flow-run service account, and the labels it gives
+    its namespace, live in deploy/team/flow-run-accounts.yaml: a release that changes the
+    template's deploy/flow-runs.yaml, on the very ServiceAccount and the namespace's Pod
+    Security labels, brings its change without a conflict."""
     template = tmp_path / "template"
     shutil.copytree(tagged, template)
     answers = {"runtime": "kubernetes", "secret_backend": "aws-secrets-manager"}
     repo = copy_at(template, "HEAD", tmp_path / "repo", answers)
     team_file = repo / "deploy" / "team" / "flow-run-accounts.yaml"
     team_text = team_file.read_text()
-    team_file.write_text(team_text.replace("annotations: {}", "annotations:\n    " + IDENTITY, 1))
-    git("commit", "-q", "-am", "Team: the dev flow runs' IAM role", cwd=repo)
+    # The first environment's namespace, then its service account.
+    namespace, account = "kind: Namespace\n", "kind: ServiceAccount\n"
+    assert team_text.index(namespace) < team_text.index(account)
+    team_text = team_text.replace("labels: {}", "labels:\n    " + NAMESPACE_LABEL, 1)
+    head, _, tail = team_text.partition(account)
+    tail = tail.replace("annotations: {}", "annotations:\n    " + IDENTITY, 1)
+    team_file.write_text(head + account + tail)
+    git(
+        "commit",
+        "-q",
+        "-am",
+        "Team: the dev flow runs' IAM role, the namespace's cost centre",
+        cwd=repo,
+    )
     edited = team_file.read_bytes()
     source = next((template / "template").glob("*kubernetes*deploy*/flow-runs.yaml.jinja"))
     owned = source.read_text()
     assert owned.count("automountServiceAccountToken: false\n") == 1
+    assert owned.count(PSA_LABEL) == 1
+    owned = owned.replace(
+        "automountServiceAccountToken: false\n",
+        "automountServiceAccountToken: false\nsecrets: []\n",
+    )
     source.write_text(
-        owned.replace(
-            "automountServiceAccountToken: false\n",
-            "automountServiceAccountToken: false\nsecrets: []\n",
-        )
+        owned.replace(PSA_LABEL, PSA_LABEL + "    pod-security.kubernetes.io/warn: restricted\n")
     )
     # The release also changes its seed of the team's file on the line the team edited: the
     # file is the team's (_skip_if_exists), so this never reaches it.
@@ -269,8 +287,13 @@ def test_a_teams_service_account_annotation_survives_a_change_of_the_template_s_
 
     assert find_conflicts(repo) == []
     assert team_file.read_bytes() == edited
-    assert IDENTITY in team_file.read_text()
-    assert "secrets: []" in (repo / "deploy" / "flow-runs.yaml").read_text()
+    team_documents = [d for d in yaml.safe_load_all(team_file.read_text()) if d]
+    first_namespace, first_account = team_documents[:2]
+    assert first_namespace["metadata"]["labels"] == {"team.example.com/cost-centre": "pipelines"}
+    assert first_account["metadata"]["annotations"] == dict([IDENTITY.split(": ")])
+    template_file = (repo / "deploy" / "flow-runs.yaml").read_text()
+    assert "secrets: []" in template_file
+    assert "pod-security.kubernetes.io/warn: restricted" in template_file
 
 
 def test_a_dirty_worktree_is_refused_and_left_as_it_was(tagged: Path, tmp_path: Path) -> None:

@@ -17,6 +17,8 @@
   must have its alerts target's secret: a production deploy nobody hears from is refused.
 - Free text (a description) must hold no placeholder: `prefect deploy` would fill it from
   the deploying machine's environment.
+- The results block config/<env>.yaml declares must be one this repository can save: its
+  package installed, every ${NAME} it reads set (ops/results.py).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, get_current_settings, t
 
 from .._internal.config import ConfigError
 from .alerts import missing_required_target
+from .results import storage_problems
 from .state import DesiredState
 from .unexpanded import unexpanded
 from .versions import dirty_files
@@ -273,6 +276,7 @@ def preflight(
             problems.append(problem)
     if problem := missing_required_target(state):
         problems.append(problem)
+    problems += storage_problems(state.environment, state.result_storage, environ)
     if problems:
         raise ConfigError(
             f"refusing to deploy '{state.environment}'; nothing was changed:\n  "

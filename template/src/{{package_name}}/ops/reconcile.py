@@ -53,7 +53,7 @@ from .ownership import (
     refusal,
 )
 from .prefect_cli import run_prefect
-from .results import desired_block, fields_of, saved_fields
+from .results import desired_block, fields_of, saved_fields, undeclared_warning
 from .state import DesiredState
 
 
@@ -233,8 +233,11 @@ def plan_global_limits(client: SyncPrefectClient, state: DesiredState) -> list[C
 
 
 def plan_result_storage(state: DesiredState) -> list[Change]:
-    """The environment's results block, when config/<env>.yaml declares one."""
+    """The environment's results block, when config/<env>.yaml declares one; a warning when
+    it declares none and the runtime's flow runs take their disk with them."""
     if not state.result_storage:
+        if warning := undeclared_warning(state.environment, state.work_pool_type):
+            print(f"  warning: {warning}", file=sys.stderr)
         return []
     slug, block = desired_block(state.project, state.environment, state.result_storage)
     return block_change(slug, block, "results of the cached tasks")

@@ -21,6 +21,7 @@ from .automations import LOCAL_KEYS, SCOPES
 from .flow_checks import check_entrypoint, flow_problems
 from .flows import environment_order
 from .prefect_private import DeploymentConfig, PrefectYamlModel, WorkPoolConfig
+from .results import declaration_problems
 from .state import TEAM_JOB_VARIABLES, base_job_template, team_job_variables
 
 EXTRA_TOP_LEVEL_KEYS = {"definitions"}
@@ -138,6 +139,9 @@ def validate(root: Path) -> list[str]:
             problems.append(f"{where}: job variable '{key}' is not in the work pool's template")
     for env in sorted(set(environment_names(root / "config")) - deployed_envs):
         problems.append(f"config/{env}.yaml has no deployment tagged 'env:{env}' in prefect.yaml")
+    for env in environment_names(root / "config"):
+        declared = read_yaml(root / "config" / f"{env}.yaml").get("result_storage")
+        problems += declaration_problems(env, declared)
     problems += flow_problems(project, root)
     if project.get("build"):
         from .image import platform_problems  # container runtimes only
