@@ -145,6 +145,15 @@ def desired_block(
         raise ConfigError(
             f"{place} is not a valid {block_type} block ({type(error).__name__})"
         ) from None
+    except Exception as error:
+        # A block that looks its credentials up when it is made: prefect-gcp's gcs-bucket asks
+        # google-auth for the deploying machine's Application Default Credentials. The type,
+        # not the message: what the lookup says is not ours to vouch for.
+        raise ConfigError(
+            f"{place}: a {block_type} block could not be made here ({type(error).__name__}); "
+            f"the deploying machine needs the credentials {block_type} looks up when it is "
+            "made (gcs-bucket: GOOGLE_APPLICATION_CREDENTIALS or the machine's own identity)"
+        ) from None
     return f"{block_type}/{results_block_name(project, environment)}", block
 
 
