@@ -27,6 +27,8 @@ from tests.e2e.server import running_server, running_worker
 from tests.rendering import ROOT, answers_of, commit_lock, render, run, snapshot_template, sync
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+# How often the state is read: a final state is seen at most this late (a timing's error).
+STATE_POLL_SECONDS = 0.25
 RETRIED_STATUSES = {429, 502, 503}
 
 
@@ -92,7 +94,7 @@ def wait_for_final_state(api_url: str, run_id: str, timeout: float) -> str:
             last = state
         if state in FINAL_STATES:
             return state
-        time.sleep(1)
+        time.sleep(STATE_POLL_SECONDS)
     raise TimeoutError(f"flow run {run_id} not finished after {timeout:.0f} s (last: {last})")
 
 
