@@ -73,14 +73,21 @@ def test_ctrl_c_during_a_container_run_removes_everything(tmp_path: Path) -> Non
     workdir = tmp_path / "demo"
     arguments = f"--dir {workdir} --data runtime=docker --data project_name=Interrupt-ETL"
     started = time.monotonic()
-    demo = subprocess.Popen(
-        ["make", "demo", f"DEMO_ARGS={arguments}"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
-    )
+    # A terminal's foreground job takes Ctrl-C. A process that ignores SIGINT (an xdist worker
+    # of the whole suite can) hands that on to what it starts, and then neither make nor the
+    # demo would ever see the signal: start the demo with SIGINT's default disposition.
+    previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        demo = subprocess.Popen(
+            ["make", "demo", f"DEMO_ARGS={arguments}"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own process group, as a terminal's foreground job
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     seen: list[str] = []
     try:
         services = read_until(demo, r"where: registry (\S+), moto \S+ \S+ (\S+)", seen, 120)
