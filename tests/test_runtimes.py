@@ -911,6 +911,11 @@ WHOLE_SUITE = {
     ("ecs", "threads"),
 }
 
+# Where the whole suite runs in two sessions, as a pull request's check (`-m "not slow"`) and
+# then the default branch's rest: the push check must never start the local cluster (the flow
+# tests start it on their first run), the slow flow tests must. One entry per cluster runner.
+SPLIT_PUSH_CHECK = {("process", "ray"): "local_ray", ("kubernetes", "dask"): "local_dask_cluster"}
+
 # Flows `make new-flow` adds to the default answers' render before its checks: one scheduled,
 # one started by the other's runs.
 ADDED_FLOWS = {
@@ -958,6 +963,8 @@ def test_the_whole_generated_suite_runs_on_every_choice() -> None:
     whole = [a for a in matrix if (a["runtime"], a["task_runner"]) in WHOLE_SUITE]
     assert len(whole) == len(WHOLE_SUITE)
     assert whole[0] == matrix[0], "the default answers run the whole suite"
+    assert set(SPLIT_PUSH_CHECK) <= WHOLE_SUITE
+    assert {runner for _, runner in SPLIT_PUSH_CHECK} == set(TASK_RUNNERS) - {"threads"}
     for question in ("runtime", "secret_backend", "ci_platform"):
         assert {a[question] for a in whole} == set(choices(question)), question
     runners = Counter(a["task_runner"] for a in whole)
@@ -993,6 +1000,24 @@ def test_generated_repository_passes_its_own_checks(
     git("add", "uv.lock", cwd=repo)
     run([uv, "run", "pre-commit", "run", "--files", "uv.lock"], cwd=repo, env=env)
     whole_suite = (answers["runtime"], answers["task_runner"]) in WHOLE_SUITE
+    cluster_fixture = SPLIT_PUSH_CHECK.get((answers["runtime"], answers["task_runner"]))
+    if cluster_fixture:
+        env = run_checks(repo, pytest=False)
+        push = run(
+            [uv, "run", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", "--setup-show"],
+            repo,
+            env,
+        )
+        assert re.search(r"\d+ passed, [1-9]\d* deselected", push), push
+        assert cluster_fixture not in push, f"the push check started {cluster_fixture}"
+        rest = run(
+            [uv, "run", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow", "--setup-show"],
+            repo,
+            env,
+            timeout=1200,
+        )
+        assert re.search(rf"SETUP +S {cluster_fixture}\b", rest), rest
+        return
     if answers["task_runner"] != PRECOMMIT_RUNNER:
         run_checks(repo, pytest=whole_suite)
         return
