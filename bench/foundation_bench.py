@@ -259,6 +259,14 @@ def demo_against_floor(work: Path) -> float:
     return made / by_hand
 
 
+def median_of(name: str, ratios: list[float]) -> float:
+    """Print the rounds' ratios and their median; return the median."""
+    median = statistics.median(ratios)
+    each = " / ".join(f"{ratio:.2f}x" for ratio in ratios)
+    print(f"{name}, median of {len(ratios)}: {median:.2f}x ({each})")
+    return median
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--copies", type=int, default=5)
@@ -306,24 +314,14 @@ def main() -> None:
                 ) as url:
                     directory = work / f"{database}-{number}"
                     rounds.append(render_to_completed(template, directory, args.timeline, url))
-            ratios[f"render to Completed, {database} server"] = statistics.median(rounds)
-            print(
-                f"render to Completed on a {database} server, median of {len(rounds)}: "
-                f"{statistics.median(rounds):.2f}x ("
-                + " / ".join(f"{ratio:.2f}x" for ratio in rounds)
-                + ")"
-            )
+            name = f"render to Completed, {database} server"
+            ratios[name] = median_of(name, rounds)
         if args.demo:
             demos = []
             for number in range(1, args.rounds + 1):
                 print(f"make demo, round {number}; load average before: {load()}")
                 demos.append(demo_against_floor(work / f"demo-{number}"))
-            ratios["make demo"] = statistics.median(demos)
-            print(
-                f"make demo, median of {len(demos)}: {statistics.median(demos):.2f}x ("
-                + " / ".join(f"{ratio:.2f}x" for ratio in demos)
-                + ")"
-            )
+            ratios["make demo"] = median_of("make demo", demos)
         over = [name for name, ratio in ratios.items() if ratio > args.budget]
         print(
             f"budget {args.budget}x: "
