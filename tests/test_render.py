@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -104,6 +107,30 @@ def test_every_data_file_parses(default_repo: Path) -> None:
 
 def test_files_read_as_if_written_by_hand(default_repo: Path) -> None:
     assert untidy(default_repo) == []
+
+
+def ephemeral_startup_timeout(cwd: Path) -> float:
+    """What Prefect itself reads as its ephemeral server's start-up bound, run in `cwd`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(cwd / ".prefect-home")
+    code = (
+        "from prefect.settings import get_current_settings; "
+        "print(get_current_settings().server.ephemeral.startup_timeout_seconds)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return float(result.stdout.strip())
+
+
+def test_make_run_gives_the_ephemeral_server_more_than_prefects_default(
+    default_repo: Path, tmp_path: Path
+) -> None:
+    # `make run` with no server starts an ephemeral one; on CI's busy cores it took over
+    # Prefect's 20 s default to answer. The generated pyproject.toml raises it for Prefect.
+    default = ephemeral_startup_timeout(tmp_path)
+    assert ephemeral_startup_timeout(default_repo) >= 3 * default
 
 
 def test_answers_file_records_questions_not_derived_values(default_repo: Path) -> None:
