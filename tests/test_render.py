@@ -109,10 +109,11 @@ def test_files_read_as_if_written_by_hand(default_repo: Path) -> None:
     assert untidy(default_repo) == []
 
 
-def ephemeral_startup_timeout(cwd: Path) -> float:
-    """What Prefect itself reads as its ephemeral server's start-up bound, run in `cwd`."""
+def ephemeral_startup_timeout(cwd: Path, home: Path) -> float:
+    """What Prefect itself reads as its ephemeral server's start-up bound, run in `cwd` with
+    its home in `home` (reading settings creates it: never inside a shared rendered repo)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["PREFECT_HOME"] = str(cwd / ".prefect-home")
+    env["PREFECT_HOME"] = str(home)
     code = (
         "from prefect.settings import get_current_settings; "
         "print(get_current_settings().server.ephemeral.startup_timeout_seconds)"
@@ -129,8 +130,11 @@ def test_make_run_gives_the_ephemeral_server_more_than_prefects_default(
 ) -> None:
     # `make run` with no server starts an ephemeral one; on CI's busy cores it took over
     # Prefect's 20 s default to answer. The generated pyproject.toml raises it for Prefect.
-    default = ephemeral_startup_timeout(tmp_path)
-    assert ephemeral_startup_timeout(default_repo) >= 3 * default
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    default = ephemeral_startup_timeout(empty, tmp_path / "home")
+    assert ephemeral_startup_timeout(default_repo, tmp_path / "home") >= 3 * default
+    assert not (default_repo / ".prefect-home").exists()
 
 
 def test_answers_file_records_questions_not_derived_values(default_repo: Path) -> None:
