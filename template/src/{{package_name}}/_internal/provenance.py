@@ -13,10 +13,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
+import httpx
 from prefect import Flow, get_client
+from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.logging import get_logger
 
@@ -24,6 +28,13 @@ COMMIT_LABEL = "pipeline.commit"
 # Baked into the flow-run image by ops/image.py: an image holds no .git to ask.
 COMMIT_VAR = "PIPELINE_COMMIT"
 GIT_TIMEOUT_SECONDS = 10
+# At a run's start a SQLite server often refuses the label write with 503 "database is locked":
+# Prefect's model reads a run's labels, then updates them, in one deferred transaction, and a
+# write another request commits in between fails it at once. The conflict is over in
+# milliseconds, yet Prefect's client waits its first back-off, 2 s, before it asks again. So the
+# hook asks again itself after these pauses (0.75 s in all), then leaves the write to Prefect's
+# client and its retries. PostgreSQL servers lock rows instead and answer at once.
+LABEL_RETRY_PAUSES = (0.05, 0.1, 0.2, 0.4)
 
 logger = get_logger(__name__)
 
@@ -61,7 +72,27 @@ def record_commit(flow: Flow[..., Any], flow_run: FlowRun, state: State) -> None
         )
         return
     with get_client(sync_client=True) as client:
-        client.update_flow_run_labels(flow_run.id, {COMMIT_LABEL: commit})
+        write_labels(client, flow_run.id, {COMMIT_LABEL: commit})
+
+
+def write_labels(client: SyncPrefectClient, flow_run_id: UUID, labels: dict[str, Any]) -> None:
+    """Add labels to a flow run, asking again soon when the server was momentarily locked."""
+    # Prefect's httpx client, sent through httpx's own send(): Prefect's send() adds the retries
+    # and their 2 s back-off. Its base URL, auth and TLS settings are the client's.
+    http = getattr(client, "_client", None)
+    if isinstance(http, httpx.Client):
+        for pause in LABEL_RETRY_PAUSES:
+            request = http.build_request("PATCH", f"/flow_runs/{flow_run_id}/labels", json=labels)
+            try:
+                response = httpx.Client.send(http, request)
+            except httpx.TransportError:
+                break  # not a lock: Prefect's client retries, or says what is wrong
+            if response.is_success:
+                return
+            if response.status_code != httpx.codes.SERVICE_UNAVAILABLE:
+                break  # auth, CSRF, a missing run: Prefect's client handles and reports it
+            time.sleep(pause)
+    client.update_flow_run_labels(flow_run_id, labels)
 
 
 def recorded_commit(flow_run: FlowRun) -> str | None:
