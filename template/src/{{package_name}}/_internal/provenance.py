@@ -81,8 +81,8 @@ def write_labels(client: SyncPrefectClient, flow_run_id: UUID, labels: dict[str,
     # and their 2 s back-off. Its base URL, auth and TLS settings are the client's.
     http = getattr(client, "_client", None)
     if isinstance(http, httpx.Client):
+        request = http.build_request("PATCH", f"/flow_runs/{flow_run_id}/labels", json=labels)
         for pause in LABEL_RETRY_PAUSES:
-            request = http.build_request("PATCH", f"/flow_runs/{flow_run_id}/labels", json=labels)
             try:
                 response = httpx.Client.send(http, request)
             except httpx.TransportError:
