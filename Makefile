@@ -47,6 +47,7 @@ bench: $(STAMP) ## Run the benchmarks in bench/ and print their ratios (issue 26
 	  exit $$rc
 	@$(BIN)/python -m bench.ci_job_bench
 	@$(BIN)/python -m bench.concurrency_bench
+	@$(BIN)/python -m bench.slot_bench
 	@$(BIN)/python -m bench.fleet_bench
 	@$(BIN)/python -m bench.cluster_bench
 	@tests/e2e/docker_host.sh
