@@ -43,9 +43,9 @@ EMPTY_FLOWS = re.compile(r"(?m)^flows:[ \t]*\{\}[ \t]*$")
 FLOW_MODULE = '''\
 """{title}: replace this line with what the flow does.
 
-`make new-flow` wrote this module, its test (tests/flows/test_{name}.py) and its deployments
-({flows_file}: one per environment, with prefect.yaml's shared defaults). Keep the shape: one
-task per retryable step, IO apart from pure logic.
+`make new-flow` wrote this module, its test (tests/flows/test_{name}.py)
+and its deployments ({flows_file}: one per environment, with prefect.yaml's shared defaults).
+Keep the shape: one task per retryable step, IO apart from pure logic.
 """
 
 from __future__ import annotations
