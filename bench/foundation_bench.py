@@ -52,9 +52,6 @@ from tests.rendering import (
     sync,
 )
 
-# The server's database setting (Prefect 3.9; PREFECT_API_DATABASE_CONNECTION_URL is its alias).
-DATABASE_URL_SETTING = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
-
 ONE_FILE_FLOW = """from prefect import flow
 
 
@@ -182,7 +179,7 @@ def render_to_completed(
     setup = time.perf_counter() - start  # render + install, before the server
     prefect = repo / ".venv" / "bin" / "prefect"
     rendered = answers_of(repo)
-    server_env = {**env, **({DATABASE_URL_SETTING: database_url} if database_url else {})}
+    server_env = {**env, **({postgres.DATABASE_URL_SETTING: database_url} if database_url else {})}
     with running_server(prefect, work / "home", work / "server.log", server_env) as server:
         run_env = {**env, **server.env(), "WAREHOUSE_DSN": f"sqlite:///{work}/w.db"}
         start = time.perf_counter()

@@ -32,7 +32,6 @@ from tests.e2e.server import running_server
 
 # The Prefect this project's environment runs (the generated repositories pin the same).
 PREFECT = Path(sys.executable).parent / "prefect"
-DATABASE_URL_SETTING = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
 # Prefect's client waits 2**1 s (with jitter) after its first 503; a quick acquisition takes
 # 0.02-0.3 s here, so anything from 1 s on waited a back-off.
 BACK_OFF_SECONDS = 1.0
@@ -96,16 +95,15 @@ def run_python(script: Path, args: list[str], env: dict[str, str]) -> str:
 
 
 def one_database(database: str, work: Path, rounds: int, tasks: int) -> dict[str, float]:
-    """Acquisitions' seconds on a fresh server on `database`, and what waited a back-off."""
+    """Acquisitions' seconds on a fresh server on `database`, and what waited a back-off,
+    running the setup and flow scripts main wrote into `work`."""
     waits: list[float] = []
-    backed_off = errors = 0
+    backed_off = 0
     setup, flow = work / "setup.py", work / "slots.py"
-    setup.write_text(SETUP)
-    flow.write_text(FLOW)
     with postgres.running_postgres() if database == "postgres" else contextlib.nullcontext() as url:
         server_env = {**os.environ, "PREFECT_API_LOG_RETRYABLE_ERRORS": "true"}
         if url:
-            server_env[DATABASE_URL_SETTING] = url
+            server_env[postgres.DATABASE_URL_SETTING] = url
         log = work / f"{database}-server.log"
         with running_server(PREFECT, work / f"{database}-home", log, server_env) as server:
             env = {**os.environ, **server.env()}
@@ -145,8 +143,11 @@ def main() -> None:
     databases = ("sqlite", "postgres") if args.database == "both" else (args.database,)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "setup.py").write_text(SETUP)
+        (work / "slots.py").write_text(FLOW)
         for database in databases:
-            results[database] = one_database(database, Path(tmp), args.rounds, args.tasks)
+            results[database] = one_database(database, work, args.rounds, args.tasks)
     for database, result in results.items():
         print(
             f"{database}: {result['backed_off']} of {result['acquisitions']} acquisitions waited "

@@ -20,6 +20,9 @@ from tests.e2e.server import free_port
 
 # PostgreSQL refuses to run as root; Debian's package creates this account.
 SERVICE_ACCOUNT = "postgres"
+# The Prefect server's database setting (Prefect 3.9; PREFECT_API_DATABASE_CONNECTION_URL is its
+# alias): where a server started with running_postgres()'s URL in it keeps its data.
+DATABASE_URL_SETTING = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
 
 
 def bin_directory() -> Path | None:
